@@ -1,0 +1,159 @@
+"""Deep SAD training as a Ray Train `TorchTrainer` loop (DDP across workers) and checkpoint scoring."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from kka_ray.config import DeepSADConfig
+from kka_ray.detectors.deepsad.loss import deep_sad_loss, fix_center, squared_distance
+from kka_ray.detectors.deepsad.networks import AutoEncoder, Encoder, NetSpec
+
+CHECKPOINT_FILE = "deepsad.pt"
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N,H,W,C) -> float (N,C,H,W) in [0,1], the reference's ToTensor()."""
+    return torch.tensor(images).permute(0, 3, 1, 2).float().div_(255.0)  # a copy: inputs may be read-only
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _log(phase: str, epoch: int, epochs: int, loss: float) -> None:
+    # A print, not ray.train.report: a report is a synchronous round trip through the controller that
+    # cost seconds per epoch here.
+    if ray.train.get_context().get_world_rank() == 0 and (epoch + 1) % max(1, epochs // 10) == 0:
+        print(f"deepsad {phase} epoch {epoch + 1}/{epochs} loss {loss:.5f}", flush=True)
+
+
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    # DistributedSampler only reshuffles per epoch when told the epoch.
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
+def _autocast(cfg: DeepSADConfig, x: torch.Tensor):
+    # bf16 autocast is ~2.8x faster for these convolutions on CPUs with AVX512_BF16; losses stay fp32.
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
+def _pretrain(spec: NetSpec, loader: DataLoader, cfg: DeepSADConfig) -> dict:
+    ae = ray.train.torch.prepare_model(AutoEncoder(spec))
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.ae_lr_milestones, gamma=0.1)
+    for epoch in range(cfg.ae_epochs):
+        _set_epoch(loader, epoch)
+        total, n = torch.zeros(2), 0
+        for x, _ in loader:
+            with _autocast(cfg, x):
+                recon = ae(x)
+            loss = F.mse_loss(recon.float(), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total[0] += loss.item() * len(x)
+            n += len(x)
+        sched.step()
+        total[1] = n
+        _all_reduce_sum(total)
+        _log("pretrain", epoch, cfg.ae_epochs, float(total[0] / total[1]))
+    return _unwrap(ae).encoder.state_dict()
+
+
+@torch.no_grad()
+def _center(net: torch.nn.Module, loader: DataLoader, eps: float = 0.1) -> torch.Tensor:
+    """c = mean embedding of an initial forward pass over this worker's shard, averaged over workers."""
+    net.eval()
+    acc = None
+    for x, _ in loader:
+        z = net(x)
+        part = torch.cat([z.sum(0), torch.tensor([len(z)], dtype=z.dtype)])
+        acc = part if acc is None else acc + part
+    acc = _all_reduce_sum(acc)
+    net.train()
+    return fix_center(acc[:-1] / acc[-1], eps)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = DeepSADConfig(**config["cfg"])
+    spec = NetSpec(**config["spec"])
+    torch.manual_seed(config["seed"])
+    torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
+    data = ray.get(config["data"])
+    dataset = TensorDataset(to_tensor(data["images"]), torch.from_numpy(data["semi_targets"]))
+    gen = torch.Generator().manual_seed(config["seed"])
+    loader = ray.train.torch.prepare_data_loader(
+        DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=False)
+    )
+
+    encoder = Encoder(spec)
+    if cfg.pretrain and cfg.ae_epochs:
+        encoder.load_state_dict(_pretrain(spec, loader, cfg))
+    net = ray.train.torch.prepare_model(encoder)
+    c = _center(net, loader)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=0.1)
+    for epoch in range(cfg.epochs):
+        _set_epoch(loader, epoch)
+        total = torch.zeros(2)
+        for x, t in loader:
+            with _autocast(cfg, x):
+                z = net(x)
+            loss = deep_sad_loss(squared_distance(z.float(), c), t, cfg.eta, cfg.eps)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += torch.tensor([loss.item() * len(x), len(x)])
+        sched.step()
+        _all_reduce_sum(total)
+        loss = float(total[0] / total[1])
+        _log("train", epoch, cfg.epochs, loss)
+    _report_final({"epochs": cfg.epochs, "loss": loss}, _unwrap(net), c, spec)
+
+
+def _report_final(metrics: dict, net: torch.nn.Module, c: torch.Tensor, spec: NetSpec) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            torch.save({"state_dict": net.state_dict(), "c": c.cpu(), "spec": asdict(spec)},
+                       Path(tmp) / CHECKPOINT_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def load_checkpoint(path: str | Path) -> tuple[Encoder, torch.Tensor]:
+    state = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    net = Encoder(NetSpec(**state["spec"]))
+    net.load_state_dict(state["state_dict"])
+    return net.eval(), state["c"]
+
+
+class DeepSADScorer:
+    """Ray Data actor: loads a checkpoint once, returns each row's squared distance to c."""
+
+    def __init__(self, checkpoint: ray.train.Checkpoint, threads: int = 1):
+        torch.set_num_threads(threads)
+        with checkpoint.as_directory() as path:  # local path, or a download from remote storage
+            self.net, self.c = load_checkpoint(path)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        z = self.net(to_tensor(batch["image"]))
+        return {"row": batch["row"], "score": squared_distance(z, self.c).numpy()}

@@ -1,0 +1,72 @@
+"""Benchmark records: `docs/results/<name>.json` (machine-readable) with a Markdown page beside it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+
+def machine() -> str:
+    """One line naming the hardware the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    except OSError:
+        mem = float("nan")
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {gpu}, {platform.system()} {platform.release()}"
+
+
+def invoked_command() -> str:
+    """The exact command that is running, as a person would type it."""
+    return shlex.join(["python", *sys.argv])
+
+
+def metric_key(text: str) -> str:
+    """A class name as a metric-key fragment: 'ankle boot' -> 'ankle_boot', 't-shirt' -> 't_shirt'."""
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+
+
+def write_record(
+    name: str,
+    metrics: dict[str, float],
+    markdown: str,
+    out_dir: str | Path,
+    command: str | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write <out_dir>/<name>.json and <name>.md; metrics must be a flat mapping of finite numbers."""
+    bad = {k: v for k, v in metrics.items() if not isinstance(v, int | float) or not math.isfinite(v)}
+    if bad:
+        raise ValueError(f"record {name}: metrics must be finite numbers, got {bad}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "name": name,
+        "command": command or invoked_command(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "metrics": metrics,
+        **(extra or {}),
+    }
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    return out / f"{name}.json"

@@ -1,0 +1,43 @@
+"""Joining a Ray cluster, or starting a local Ray sized for a small machine."""
+
+from __future__ import annotations
+
+import os
+
+from kka_ray.config import RayConfig
+
+# Quiet, offline defaults; an explicit environment wins.
+_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
+def set_env_defaults() -> None:
+    for k, v in _ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def init_ray(cfg: RayConfig | None = None):
+    """Connect to `cfg.address` or RAY_ADDRESS when given; otherwise start a local Ray without a dashboard."""
+    import ray
+
+    set_env_defaults()
+    if ray.is_initialized():
+        return ray
+    cfg = cfg or RayConfig()
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            object_store_memory=cfg.object_store_mb * 2**20,
+            log_to_driver=True,
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("KKA_PROGRESS", "1") == "1"
+    return ray

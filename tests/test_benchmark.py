@@ -1,0 +1,52 @@
+"""The benchmark job end to end on a tiny run: table, record, Markdown, config beside the outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kka_ray.benchmark import BenchmarkConfig, run_benchmark, summarise
+from kka_ray.config import load_config
+
+ROOT = Path(__file__).parents[1]
+
+
+def tiny_config(tmp_path, **extra) -> BenchmarkConfig:
+    overrides = [
+        "name=tiny", "classes=[trouser, bag]", "seeds=[0]", "oracle_anomalies=200",
+        "detector.epochs=2", "detector.ae_epochs=0", "detector.lr=1e-3", "detector.cpus_per_worker=2",
+        f"run_dir={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(BenchmarkConfig, None, overrides)
+
+
+def test_summary_means_and_ci():
+    table = pd.DataFrame({"normal": ["a", "a", "b", "c"], "seed": [0, 1, 0, 0], "auroc": [80.0, 90.0, 70.0, 60.0],
+                          "seconds": [1.0, 1.0, 1.0, 1.0]})
+    metrics, per_class = summarise(table, oracle=False)
+    assert metrics["auroc_a"] == 85.0 and metrics["mean_auroc"] == pytest.approx(215 / 3)
+    assert metrics["mean_auroc_ci95"] > 0 and metrics["tasks"] == 4 and metrics["seconds"] == 4.0
+    assert "mean_auroc_oracle" not in metrics
+
+
+def test_tiny_benchmark_end_to_end(ray_local, tmp_path):
+    cfg = tiny_config(tmp_path)
+    metrics = run_benchmark(cfg, command="python jobs/benchmark.py --test", progress=False)
+    assert set(metrics) >= {"mean_auroc", "mean_auroc_oracle", "auroc_trouser", "oracle_auroc_bag", "seconds"}
+    assert 50 < metrics["auroc_trouser"] <= 100
+    record = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert record["metrics"] == metrics and record["command"] == "python jobs/benchmark.py --test"
+    assert "oracle" in (tmp_path / "results" / "tiny.md").read_text()
+    run = tmp_path / "runs" / "tiny"
+    assert load_config(BenchmarkConfig, run / "config.yaml") == cfg
+    table = pd.read_parquet(run / "results.parquet")
+    assert list(table["normal"]) == ["trouser", "bag"]
+
+
+def test_cli_rejects_bad_override():
+    out = subprocess.run([sys.executable, "jobs/benchmark.py", "--set", "detector.lr=fast"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "detector.lr" in out.stderr and "'fast'" in out.stderr

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import yaml
+
+from kka_ray.benchmark import BenchmarkConfig
+from kka_ray.config import ConfigError, apply_overrides, load_config, save_config
+from kka_ray.records import metric_key, write_record
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ndetector:\n  epochs: 5\nclasses: [shirt]\n")
+    cfg = load_config(BenchmarkConfig, path, ["detector.lr=1e-3", "seeds=[0, 1]", "dataset.options.protocol=fine"])
+    assert (cfg.name, cfg.detector.epochs, cfg.detector.lr, cfg.seeds) == ("x", 5, 1e-3, [0, 1])
+    assert cfg.dataset.options == {"protocol": "fine"}
+    assert cfg.detector.batch_size == 128  # untouched default
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(BenchmarkConfig, None, ["name=y", "detector.epochs=3"])
+    saved = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(BenchmarkConfig, saved) == cfg
+    assert yaml.safe_load(saved.read_text())["detector"]["lr"] == 1e-4  # defaults written out
+
+
+@pytest.mark.parametrize("override, field", [
+    ("detector.lr=abc", "detector.lr"),
+    ("detector.epochs=0", "detector.epochs"),
+    ("detector.nope=1", "detector.nope"),
+    ("dataset.name=imagenet", "dataset.name"),
+])
+def test_errors_name_the_field_and_value(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(BenchmarkConfig, None, [override])
+    assert field in str(e.value)
+    assert override.split("=")[1] in str(e.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(BenchmarkConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: the top level must be a mapping"):
+        load_config(BenchmarkConfig, bad)
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_every_shipped_config_is_valid():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parents[1].glob("configs/benchmark/*.yaml"))
+    assert files
+    for f in files:
+        load_config(BenchmarkConfig, f)
+
+
+def test_record_fields_and_validation(tmp_path):
+    path = write_record("r", {"a": 1.5, "n": 3}, "# r\n", tmp_path, command="python jobs/x.py")
+    rec = json.loads(path.read_text())
+    assert {"name", "command", "date", "machine", "metrics"} <= rec.keys()
+    assert rec["metrics"] == {"a": 1.5, "n": 3} and rec["command"] == "python jobs/x.py"
+    assert (tmp_path / "r.md").read_text() == "# r\n"
+    with pytest.raises(ValueError, match="finite numbers"):
+        write_record("r", {"a": float("nan")}, "", tmp_path)
+    assert metric_key("ankle boot") == "ankle_boot" and metric_key("T-shirt") == "t_shirt"
