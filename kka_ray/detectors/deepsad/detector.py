@@ -6,12 +6,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from kka_ray.actor_map import map_images
 from kka_ray.config import DeepSADConfig
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors.base import DETECTORS, Detector
@@ -70,21 +69,6 @@ class DeepSAD(Detector):
     def score(self, images: np.ndarray) -> np.ndarray:
         if self.checkpoint is None:
             raise RuntimeError("Deep SAD: score() called before fit()")
-        table = pa.table({
-            "row": np.arange(len(images)),
-            "image": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(images)),
-        })
-        # Blocks made on the driver: a repartition task could starve behind actors that hold every CPU.
-        step = -(-len(table) // self.cfg.score_actors)
-        ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
-        out = ds.map_batches(
-            DeepSADScorer,
-            fn_constructor_kwargs={"checkpoint": self.checkpoint},
-            compute=ActorPoolStrategy(size=self.cfg.score_actors),
-            batch_size=self.cfg.score_batch_size,
-            batch_format="numpy",
-            num_cpus=1,
-        ).to_pandas()
-        scores = np.empty(len(images), dtype=np.float64)
-        scores[out["row"].to_numpy()] = out["score"].to_numpy()
-        return scores
+        cfg = self.cfg
+        return map_images(images, DeepSADScorer, {"checkpoint": self.checkpoint}, output="score",
+                          actors=cfg.score_actors, batch_size=cfg.score_batch_size, num_cpus=1).astype(np.float64)

@@ -1,0 +1,67 @@
+"""The `vllm` backend: Ray's own vLLM integration (`ray.data.llm`) on GPU actors.
+
+vllm itself is imported by Ray's engine stage inside the actors, never here: choosing another backend never
+imports it. Not runnable on the CPU machines this project is tested on (see README).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from kka_ray.llm.base import LM_BACKENDS, LMBackend, LMConfig
+
+
+def processor_config(cfg: LMConfig):
+    """vLLMEngineProcessorConfig from our config: pool size, batch, tensor parallelism, LoRA."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    if cfg.model is None:
+        raise ValueError("lm.model: the vllm backend needs a hub id or local model path (the offline GGUF default "
+                         "is for the transformers backend)")
+    engine_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size, "max_model_len": 2048,
+                     **({"enable_lora": True, "max_lora_rank": cfg.max_lora_rank} if cfg.adapter else {}),
+                     **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {}),
+                     **cfg.engine_kwargs}
+    return vLLMEngineProcessorConfig(
+        model_source=cfg.model,
+        engine_kwargs=engine_kwargs,
+        batch_size=cfg.batch_size,
+        concurrency=cfg.actors,
+    )
+
+
+def sampling_params(cfg: LMConfig, seed: int) -> dict:
+    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens, "seed": int(seed)}
+
+
+def preprocess_row(row: dict, cfg: LMConfig) -> dict:
+    """Row-specific sampling (its own seed) and, with an adapter, the LoRA request: a `model` other than the
+    engine's is served as a LoRA adapter by Ray's engine stage."""
+    out = {**row, "sampling_params": sampling_params(cfg, row["seed"])}
+    if "prompt" in row:  # Ray's chat-template stage writes its own `prompt` column; keep ours aside
+        out["kka_prompt"] = out.pop("prompt")
+    if cfg.adapter:
+        out["model"] = cfg.adapter
+    return out
+
+
+_ENGINE_COLUMNS = ("messages", "sampling_params", "model", "generated_tokens", "prompt", "prompt_token_ids",
+                   "request_id", "tokenized_prompt", "time_taken_llm", "params", "metrics", "kka_prompt")
+
+
+def postprocess_row(row: dict) -> dict:
+    """Keep our columns (provenance) and the text; drop the engine's bookkeeping and the chat messages."""
+    keep = {k: v for k, v in row.items() if k not in _ENGINE_COLUMNS}
+    if "kka_prompt" in row:
+        keep["prompt"] = row["kka_prompt"]
+    return {**keep, "num_generated_tokens": int(row.get("num_generated_tokens", 0))}
+
+
+@LM_BACKENDS.register("vllm")
+class VLLMBackend(LMBackend):
+    def apply(self, ds):
+        from ray.data.llm import build_processor
+
+        processor = build_processor(processor_config(self.cfg), preprocess=partial(preprocess_row, cfg=self.cfg),
+                                    postprocess=postprocess_row)
+        return processor(ds)

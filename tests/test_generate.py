@@ -1,0 +1,133 @@
+"""Stage 2: prompts, the language-model pool (tiny Llama built in memory), cleaning in the stream, provenance."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+from tiny_models import save_tiny_llama
+
+from kka_ray.llm import LMConfig, build_backend
+from kka_ray.llm.hf import HFGenerator, SeededSampler
+from kka_ray.llm.vllm_backend import postprocess_row, preprocess_row, processor_config
+from kka_ray.stages.generate import (
+    PAPER_TEMPLATE,
+    GenerateConfig,
+    NormalContext,
+    generate_descriptions,
+    messages_for,
+    prompt_table,
+)
+from kka_ray.stages.select import Representative
+from kka_ray.text.clean import CleanConfig
+
+REPS = [Representative(0, "train:1", "a photo of a shirt", 0.5, 10),
+        Representative(1, "train:7", "a photo of a shirt", 0.7, 12)]
+CTX = NormalContext(task="fashion_mnist/shirt/seed0", domain="clothing items", normal_names=("shirt",),
+                    other_names=("t-shirt", "dress"), normal_descriptions=("a photo of a shirt",))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    return str(save_tiny_llama(tmp_path_factory.mktemp("lm")))
+
+
+def gen_config(model: str, **lm) -> GenerateConfig:
+    return GenerateConfig(samples_per_representative=6, lm=LMConfig(model=model, max_new_tokens=24, batch_size=4,
+                                                                     cpus_per_actor=0.5, **lm),
+                          clean=CleanConfig(min_words=1, similarity_threshold=None))
+
+
+def test_messages_follow_the_paper_template_after_the_shots():
+    cfg = GenerateConfig()
+    msgs = messages_for(cfg, "clothing items", "a photo of a shirt")
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
+    assert msgs[-1]["content"] == PAPER_TEMPLATE.format(domain="clothing items", example="a photo of a shirt")
+    bare = messages_for(GenerateConfig(few_shot=[], system_prompt="Be brief."), "digits", "a 5")
+    assert [m["role"] for m in bare] == ["system", "user"]
+
+
+def test_template_must_have_placeholders():
+    with pytest.raises(ValidationError, match=r"\{example\}"):
+        GenerateConfig(template="Describe {domain}.")
+
+
+def test_prompt_table_rows_and_seeds():
+    cfg = GenerateConfig(samples_per_representative=3, seed=5)
+    t = prompt_table(REPS, CTX, cfg, iteration=1)
+    assert len(t) == 6 and t.column("cluster").to_pylist() == [0, 0, 0, 1, 1, 1]
+    seeds = t.column("seed").to_pylist()
+    assert len(set(seeds)) == 6
+    assert seeds == prompt_table(REPS, CTX, cfg, iteration=1).column("seed").to_pylist()
+    assert seeds != prompt_table(REPS, CTX, cfg, iteration=2).column("seed").to_pylist()
+
+
+def test_seeded_sampler_rows_do_not_depend_on_the_batch(tiny_lm):
+    gen = HFGenerator(LMConfig(model=tiny_lm, max_new_tokens=10, cpus_per_actor=1).model_dump())
+    msgs = np.array([[{"role": "user", "content": "short"}], [{"role": "user", "content": "a longer prompt"}]],
+                    dtype=object)
+    both = gen({"messages": msgs, "seed": np.array([11, 12])})
+    alone = gen({"messages": msgs[1:], "seed": np.array([12])})
+    assert both["generated_text"][1] == alone["generated_text"][0]
+    again = gen({"messages": msgs[1:], "seed": np.array([13])})
+    assert again["generated_text"][0] != alone["generated_text"][0]
+    assert (both["num_generated_tokens"] <= 10).all()
+
+
+def test_seeded_sampler_respects_top_p():
+    scores = torch_scores = np.log(np.array([[0.7, 0.2, 0.1]]))
+    import torch
+
+    sampler = SeededSampler([0], temperature=1.0, top_p=0.5)
+    picks = {int(sampler(torch.zeros(1, 1, dtype=torch.long), torch.tensor(torch_scores)).argmax()) for _ in range(50)}
+    assert picks == {0}  # only the top token survives top-p 0.5
+    assert scores.shape == (1, 3)
+
+
+def test_stream_end_to_end_with_provenance(ray_local, tiny_lm):
+    cfg = gen_config(tiny_lm, actors=2)
+    result = generate_descriptions(REPS, CTX, cfg, iteration=2)
+    s = result.stats
+    assert s["completions"] == 12 and s["kept"] + len(result.rejects) == s["lines"]
+    assert s["tokens"] > 0 and s["tokens_per_s"] > 0
+    table = pa.concat_tables([result.descriptions.append_column("reason", pa.array([""] * len(result.descriptions))),
+                              result.rejects], promote_options="permissive")
+    for col in ("task", "iteration", "cluster", "representative_id", "representative_text", "prompt", "seed",
+                "model", "adapter", "temperature", "top_p", "max_new_tokens", "sentence", "num_generated_tokens"):
+        assert col in table.column_names, col
+    assert set(table.column("iteration").to_pylist()) == {2}
+    assert set(table.column("model").to_pylist()) == {tiny_lm}
+    assert set(table.column("row_id").to_pylist()) == set(range(12))
+    # Deterministic with a seed: the same run gives the same lines.
+    again = generate_descriptions(REPS, CTX, cfg, iteration=2)
+    assert again.descriptions.column("sentence").to_pylist() == result.descriptions.column("sentence").to_pylist()
+
+
+def test_vllm_processor_is_built_lazily_without_vllm(ray_local, tiny_lm):
+    import ray
+
+    cfg = LMConfig(backend="vllm", model=tiny_lm, adapter="/adapters/iter1", tensor_parallel_size=2, batch_size=8,
+                   actors=3)
+    pc = processor_config(cfg)
+    assert pc.engine_kwargs["tensor_parallel_size"] == 2 and pc.engine_kwargs["enable_lora"] is True
+    assert pc.batch_size == 8 and pc.concurrency == 3
+    plan = str(build_backend(cfg).apply(ray.data.from_items([{"messages": [], "seed": 1}])))
+    assert "vLLMEngineStageUDF" in plan and "ChatTemplateUDF" in plan
+    row = preprocess_row({"seed": 4, "row_id": 0, "prompt": "Please generate ..."}, cfg)
+    assert row["sampling_params"] == {"temperature": 0.9, "top_p": 0.95, "max_tokens": 48, "seed": 4}
+    assert row["model"] == "/adapters/iter1"
+    # what the engine stages hand back: their own templated `prompt`, the text, bookkeeping
+    engine_row = {**row, "prompt": "<|im_start|>user ...", "generated_text": "x", "num_generated_tokens": 3}
+    out = postprocess_row(engine_row)
+    assert out == {"row_id": 0, "seed": 4, "prompt": "Please generate ...", "generated_text": "x",
+                   "num_generated_tokens": 3}
+    with pytest.raises(ValueError, match="lm.model"):
+        processor_config(LMConfig(backend="vllm"))
+
+
+def test_vllm_is_never_imported_unless_chosen():
+    code = ("import sys, kka_ray.llm, kka_ray.stages.generate, kka_ray.knowledge; "
+            "assert 'vllm' not in sys.modules, 'vllm imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
