@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -11,7 +12,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm import tqdm
 
-from kka_ray.config import DatasetConfig, DeepSADConfig, RayConfig, Strict, save_config
+from kka_ray.config import ConfigError, DatasetConfig, DeepSADConfig, RayConfig, Strict, load_config, save_config
 from kka_ray.data import build_dataset, make_task
 from kka_ray.detectors import build_detector
 from kka_ray.metrics import auroc, mean_ci
@@ -123,19 +124,58 @@ def run_benchmark(cfg: BenchmarkConfig, command: str, progress: bool = True) -> 
 
     run = Path(cfg.run_dir) / cfg.name
     run.mkdir(parents=True, exist_ok=True)
+    rows = finished_rows(run, cfg)
     save_config(cfg, run / "config.yaml")
     init_ray(cfg.ray)
     dataset = build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.options)
     tasks = [(normal, seed) for normal in task_list(cfg, dataset.load("test").class_names) for seed in cfg.seeds]
-    rows: list[dict] = []
-    for normal, seed in tqdm(tasks, desc=cfg.name, unit="task", disable=not progress):
-        rows.append(run_task(cfg, dataset, normal, seed, run / "train"))
+    done = {(r["request"], r["seed"]) for r in rows}
+    todo = [(n, s) for n, s in tasks if (json.dumps(n), s) not in done]
+    if done:
+        print(f"{cfg.name}: resuming, {len(tasks) - len(todo)} of {len(tasks)} tasks already in {run / TABLE}")
+    for normal, seed in tqdm(todo, desc=cfg.name, unit="task", disable=not progress):
+        rows.append({"request": json.dumps(normal), **run_task(cfg, dataset, normal, seed, run / "train")})
         pd.DataFrame(rows).to_parquet(run / TABLE)  # every finished task survives a later failure
         tqdm.write(f"{rows[-1]['task']}: AUROC {rows[-1]['auroc']:.1f}"
                    + (f", oracle {rows[-1]['oracle_auroc']:.1f}" if cfg.oracle_anomalies else ""))
     metrics, per_class = summarise(pd.DataFrame(rows), oracle=cfg.oracle_anomalies > 0)
-    page = markdown(cfg, metrics, per_class, command)
+    page = markdown(cfg, metrics, per_class, command) + f"\n![per-class AUROC]({cfg.name}.png)\n"
     for out in [run] + ([Path(cfg.results_dir)] if cfg.results_dir else []):
         write_record(cfg.name, metrics, page, out, command=command,
                      extra={"config": cfg.model_dump(mode="json")})
+        plot_per_class(per_class, out / f"{cfg.name}.png", cfg.name)
     return metrics
+
+
+def finished_rows(run: Path, cfg: BenchmarkConfig) -> list[dict]:
+    """Rows of an earlier run of the same configuration, so a rerun continues where it stopped."""
+    if not (run / TABLE).is_file():
+        return []
+    saved = load_config(BenchmarkConfig, run / "config.yaml")
+    if saved.model_dump(exclude={"ray"}) != cfg.model_dump(exclude={"ray"}):
+        raise ConfigError(f"{run} holds results of a different configuration ({run / 'config.yaml'}); "
+                          "choose another `name` or remove that folder")
+    return pd.read_parquet(run / TABLE).to_dict("records")
+
+
+def plot_per_class(per_class: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in ("auroc", "oracle_auroc") if c in per_class.columns.get_level_values(0)]
+    x = np.arange(len(per_class))
+    width = 0.8 / len(cols)
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(per_class), 3.5))
+    for i, col in enumerate(cols):
+        ax.bar(x + i * width, per_class[(col, "mean")], width, yerr=per_class[(col, "std")].fillna(0),
+               label="no anomalies" if col == "auroc" else "oracle (real anomalies)")
+    ax.set_xticks(x + width * (len(cols) - 1) / 2, per_class.index, rotation=30, ha="right")
+    ax.set_ylabel("test AUROC %")
+    ax.set_ylim(max(0, float(per_class.xs("mean", axis=1, level=1).min().min()) - 10), 100)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kka_ray.benchmark import BenchmarkConfig, run_benchmark, summarise
-from kka_ray.config import load_config
+from kka_ray.config import ConfigError, load_config
 
 ROOT = Path(__file__).parents[1]
 
@@ -44,6 +44,14 @@ def test_tiny_benchmark_end_to_end(ray_local, tmp_path):
     assert load_config(BenchmarkConfig, run / "config.yaml") == cfg
     table = pd.read_parquet(run / "results.parquet")
     assert list(table["normal"]) == ["trouser", "bag"]
+    assert (tmp_path / "results" / "tiny.png").stat().st_size > 1000
+
+    # A rerun of the same configuration finds every task done: nothing is trained again.
+    again = run_benchmark(cfg, command="python jobs/benchmark.py --test", progress=False)
+    assert again == metrics
+    # A different configuration under the same name is refused rather than mixed in.
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_benchmark(tiny_config(tmp_path, **{"detector.epochs": 3}), command="x", progress=False)
 
 
 def test_cli_rejects_bad_override():

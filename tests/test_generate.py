@@ -95,6 +95,7 @@ def test_stream_end_to_end_with_provenance(ray_local, tiny_lm):
     table = pa.concat_tables([result.descriptions.append_column("reason", pa.array([""] * len(result.descriptions))),
                               result.rejects], promote_options="permissive")
     for col in ("task", "iteration", "cluster", "representative_id", "representative_text", "prompt", "seed",
+                "generation_seconds",
                 "model", "adapter", "temperature", "top_p", "max_new_tokens", "sentence", "num_generated_tokens"):
         assert col in table.column_names, col
     assert set(table.column("iteration").to_pylist()) == {2}
@@ -120,9 +121,9 @@ def test_vllm_processor_is_built_lazily_without_vllm(ray_local, tiny_lm):
     assert row["model"] == "/adapters/iter1"
     # what the engine stages hand back: their own templated `prompt`, the text, bookkeeping
     engine_row = {**row, "prompt": "<|im_start|>user ...", "generated_text": "x", "num_generated_tokens": 3}
-    out = postprocess_row(engine_row)
+    out = postprocess_row({**engine_row, "time_taken_llm": 0.5})
     assert out == {"row_id": 0, "seed": 4, "prompt": "Please generate ...", "generated_text": "x",
-                   "num_generated_tokens": 3}
+                   "num_generated_tokens": 3, "generation_seconds": 0.5}
     with pytest.raises(ValueError, match="lm.model"):
         processor_config(LMConfig(backend="vllm"))
 
@@ -131,3 +132,22 @@ def test_vllm_is_never_imported_unless_chosen():
     code = ("import sys, kka_ray.llm, kka_ray.stages.generate, kka_ray.knowledge; "
             "assert 'vllm' not in sys.modules, 'vllm imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lora_adapter_is_applied(tiny_lm, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    msgs = np.array([[{"role": "user", "content": "describe a shoe"}]], dtype=object)
+    base = HFGenerator(LMConfig(model=tiny_lm, max_new_tokens=12, cpus_per_actor=1).model_dump())
+    tuned = HFGenerator(LMConfig(model=tiny_lm, adapter=str(tmp_path / "adapter"), max_new_tokens=12,
+                                 cpus_per_actor=1).model_dump())
+    a, b = (g({"messages": msgs, "seed": np.array([3])})["generated_text"][0] for g in (base, tuned))
+    assert a != b
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        HFGenerator(LMConfig(model=tiny_lm, adapter=str(tmp_path), cpus_per_actor=1).model_dump())

@@ -2,6 +2,7 @@
 
 import pyarrow.parquet as pq
 import pytest
+from tiny_models import save_tiny_llama
 
 from kka_ray.config import load_config
 from kka_ray.knowledge import KnowledgeConfig, bare_throughput, report, run_knowledge
@@ -9,7 +10,6 @@ from kka_ray.llm import LMConfig
 from kka_ray.stages.generate import GenerateConfig, NormalContext, generate_descriptions
 from kka_ray.stages.select import Representative
 from kka_ray.text.clean import CleanConfig
-from tiny_models import save_tiny_llama
 
 
 def test_knowledge_job_writes_tables_and_config(ray_local, tmp_path):

@@ -110,12 +110,14 @@ class HFGenerator:
         new = out[:, enc["input_ids"].shape[1]:].cpu()
         special = torch.tensor(self.tok.all_special_ids)
         n_tokens = (~torch.isin(new, special)).sum(dim=1).numpy()
+        end = time.time()
         return {
             **{k: v for k, v in batch.items() if k != "messages"},  # the `prompt` column keeps the provenance
             "generated_text": np.array(self.tok.batch_decode(new, skip_special_tokens=True), dtype=object),
             "num_generated_tokens": n_tokens.astype(np.int64),
+            "generation_seconds": np.full(len(n_tokens), end - start),  # of the whole batch the row was in
             "batch_start": np.full(len(n_tokens), start),
-            "batch_end": np.full(len(n_tokens), time.time()),
+            "batch_end": np.full(len(n_tokens), end),
         }
 
 

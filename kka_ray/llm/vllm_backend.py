@@ -54,6 +54,8 @@ def postprocess_row(row: dict) -> dict:
     keep = {k: v for k, v in row.items() if k not in _ENGINE_COLUMNS}
     if "kka_prompt" in row:
         keep["prompt"] = row["kka_prompt"]
+    if "time_taken_llm" in row:
+        keep["generation_seconds"] = float(row["time_taken_llm"])
     return {**keep, "num_generated_tokens": int(row.get("num_generated_tokens", 0))}
 
 

@@ -24,6 +24,8 @@ class SelectConfig(Strict):
     k: int = Field(5, ge=1, description="Clusters, hence representative descriptions (style examples)")
     features: FeatureConfig = Field(default_factory=FeatureConfig, description="phi")
     seed: int = Field(0, description="k-means seed")
+    max_samples: int | None = Field(1000, ge=1, description="Cluster a seeded random subset of this many normals "
+                                    "(phi on every image of a large set costs minutes on CPUs); None = all")
     shrinkage: Literal["ledoit_wolf", "oas"] = Field("ledoit_wolf", description="Per-cluster covariance estimator")
 
 
@@ -79,6 +81,9 @@ def select_representatives(
 
 def run_select(normals: ImageSet, cfg: SelectConfig) -> list[Representative]:
     """Embed the normals with phi (Ray Data) and pick the K representatives; an image's first description counts."""
+    if cfg.max_samples is not None and len(normals) > cfg.max_samples:
+        rng = np.random.default_rng(cfg.seed)
+        normals = normals.subset(np.sort(rng.choice(len(normals), cfg.max_samples, replace=False)))
     z = embed(normals.images, cfg.features)
     descriptions = [d[0] for d in normals.descriptions]
     return select_representatives(z, normals.ids, descriptions, cfg.k, cfg.seed, cfg.shrinkage)

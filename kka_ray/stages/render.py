@@ -1,0 +1,66 @@
+"""Stage 3 (Eq. 4): anomaly descriptions x_a^t -> images x_a^i at the task's resolution and channels.
+
+Prompts, the language-model pool, the cleaner and the render pool form one lazy Ray Data pipeline: descriptions
+stream into the render actors as they are produced, nothing is materialised or written in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from kka_ray.render import RenderConfig, build_renderer
+from kka_ray.stages.generate import GenerateConfig, NormalContext, description_stream
+from kka_ray.stages.select import Representative
+
+_RENDER_ONLY = ("image", "rendered", "render_seed", "render_seconds")
+
+
+def anomaly_stream(reps: Sequence[Representative], ctx: NormalContext, gen: GenerateConfig, render: RenderConfig,
+                   size: int, channels: int, iteration: int = 0):
+    """The lazy pipeline prompts -> LM pool -> cleaner -> render pool."""
+    backend = build_renderer(render)
+    stream = backend.apply(description_stream(reps, ctx, gen, iteration), size, channels)
+    return stream, backend.model_id()
+
+
+@dataclass
+class RenderResult:
+    anomalies: pa.Table  # kept descriptions with their image (fixed-shape tensor column) and provenance
+    rejects: pa.Table  # cleaned-out lines with their reason, never rendered
+    stats: dict[str, float]
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.anomalies.column("image").combine_chunks().to_numpy_ndarray()
+
+
+def collect(stream, renderer_id: str) -> RenderResult:
+    """Run the stream to its end; split rendered anomalies from rejected lines."""
+    start = time.time()
+    columns: dict[str, list] = {}
+    for batch in stream.iter_batches(batch_size=None, batch_format="numpy"):
+        for k, v in batch.items():
+            columns.setdefault(k, []).append(v)
+    data = {k: np.concatenate(v) for k, v in columns.items()}
+    kept = data["rendered"].astype(bool)
+    meta = {k: v for k, v in data.items() if k not in _RENDER_ONLY}
+    anomalies = pa.table({
+        **{k: _column(v[kept]) for k, v in meta.items() if k != "reason"},
+        "renderer": [renderer_id] * int(kept.sum()),
+        "render_seed": data["render_seed"][kept],
+        "render_seconds": data["render_seconds"][kept],
+        "image": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(data["image"][kept])),
+    })
+    rejects = pa.table({k: _column(v[~kept]) for k, v in meta.items()})
+    wall = time.time() - start
+    return RenderResult(anomalies, rejects, {"anomalies": len(anomalies), "rejected": len(rejects),
+                                             "seconds": wall, "images_per_s": len(anomalies) / wall})
+
+
+def _column(values: np.ndarray) -> pa.Array:
+    return pa.array(values.tolist()) if values.dtype == object else pa.array(values)
