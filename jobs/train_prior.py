@@ -3,12 +3,15 @@
     python jobs/train_prior.py --config configs/prior/default.yaml [--out kka_ray/render/offline_prior]
 """
 
+import json
+import time
 from pathlib import Path
 
 from kka_ray.cli import parse_config, parser
 from kka_ray.config import save_config
 from kka_ray.prior.model import PriorConfig
 from kka_ray.prior.train import train_prior
+from kka_ray.records import invoked_command, machine
 from kka_ray.render.prior import PRIOR_DIR
 from kka_ray.runtime import init_ray
 
@@ -20,8 +23,12 @@ def main() -> None:
     args = p.parse_args()
     cfg = parse_config(PriorConfig, args)
     init_ray(cfg.ray)
+    start = time.time()
     out = train_prior(cfg, Path(args.out), Path(args.workdir))
     save_config(cfg, out / "kka_prior_config.yaml")
+    (out / "kka_prior_training.json").write_text(json.dumps({
+        "command": invoked_command(), "train_minutes": (time.time() - start) / 60, "machine": machine(),
+        "vae_steps": cfg.vae_steps, "unet_steps": cfg.unet_steps}, indent=2) + "\n")
     print(f"prior saved to {out}")
 
 

@@ -1,5 +1,10 @@
 """The offline prior: corpus captions and attributes, and a few training steps end to end in Ray Train."""
 
+import json
+import runpy
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +13,8 @@ from kka_ray.prior.corpus import ATTRIBUTES, NOUNS, CorpusConfig, attribute_word
 from kka_ray.prior.model import PriorConfig
 from kka_ray.render import RenderConfig
 from kka_ray.render.diffusers_backend import DiffusersRenderer
+
+ROOT = Path(__file__).parents[1]
 
 
 def test_measured_attributes_order_images():
@@ -36,16 +43,32 @@ def test_corpus_captions_and_exclusion():
         pad_to(np.zeros((1, 40, 40, 1), np.uint8), 32)
 
 
-def test_a_few_training_steps_end_to_end(ray_local, tmp_path):
-    from kka_ray.prior.train import train_prior
+def run_job(path: str, argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [path, *argv])
+    runpy.run_path(str(ROOT / path), run_name="__main__")
 
-    cfg = load_config(PriorConfig, None, [
-        "corpus.max_per_dataset=64", "vae_channels=[8, 16, 16]", "unet_channels=[16, 32]", "attention_head_dim=4",
-        "text_max_length=8", "vae_steps=3", "unet_steps=3", "warmup_steps=1", "batch_size=16",
-        "cpus_per_worker=1",
-    ])
-    out = train_prior(cfg, tmp_path / "prior", tmp_path / "work")
+
+def test_train_and_bench_jobs_end_to_end(ray_local, tmp_path, monkeypatch):
+    """A few training steps of a tiny prior, then its benchmark: record, grids, loads like any pipeline."""
+    out = tmp_path / "prior"
+    run_job("jobs/train_prior.py", [
+        "--out", str(out), "--workdir", str(tmp_path / "work"),
+        "--set", "corpus.max_per_dataset=64", "--set", "vae_channels=[8, 16, 16]", "--set", "unet_channels=[16, 32]",
+        "--set", "attention_head_dim=4", "--set", "text_max_length=8", "--set", "vae_steps=3",
+        "--set", "unet_steps=3", "--set", "warmup_steps=1", "--set", "batch_size=16", "--set", "cpus_per_worker=1",
+    ], monkeypatch)
     assert (out / "model_index.json").is_file() and (out / "text_encoder" / "model.safetensors").is_symlink()
+    assert load_config(PriorConfig, out / "kka_prior_config.yaml").unet_steps == 3
     r = DiffusersRenderer(RenderConfig(model=str(out), steps=2, cpus_per_actor=1).model_dump(), 28, 1)
     images = r.render(["a photo of a sandal", "the digit five"], [0, 1])
     assert images.shape == (2, 32, 32, 1) and np.isfinite(images).all()
+
+    results = tmp_path / "results"
+    run_job("jobs/bench_prior.py", ["--prior", str(out), "--per-prompt", "2", "--judge-epochs", "1", "--out",
+                                    str(results), "--set", "steps=2", "--set", "cpus_per_actor=1"], monkeypatch)
+    record = json.loads((results / "prior.json").read_text())
+    for key in ("class_prompt_accuracy", "paraphrase_accuracy", "judge_test_accuracy", "train_minutes",
+                "weights_mb", "images_per_s", "ray_overhead_ratio"):
+        assert key in record["metrics"], key
+    assert 0 <= record["metrics"]["class_prompt_accuracy"] <= 1
+    assert (results / "prior-class_prompt.png").is_file() and (results / "prior-paraphrase.png").is_file()

@@ -83,8 +83,10 @@ class RenderActor(ABC):
             idx = np.flatnonzero(keep)
             rendered = self.render([sentences[i] for i in idx], [int(seeds[i]) for i in idx])
             images[idx] = to_task_format(rendered, self.size, self.channels)
+        end = time.time()
         return {**batch, "image": images, "rendered": keep, "render_seed": seeds,
-                "render_seconds": np.full(n, time.time() - start)}
+                "render_seconds": np.full(n, end - start), "render_start": np.full(n, start),
+                "render_end": np.full(n, end)}
 
 
 class RenderBackend(ABC):

@@ -17,7 +17,7 @@ from kka_ray.render import RenderConfig, build_renderer
 from kka_ray.stages.generate import GenerateConfig, NormalContext, description_stream
 from kka_ray.stages.select import Representative
 
-_RENDER_ONLY = ("image", "rendered", "render_seed", "render_seconds")
+_RENDER_ONLY = ("image", "rendered", "render_seed", "render_seconds", "render_start", "render_end")
 
 
 def anomaly_stream(reps: Sequence[Representative], ctx: NormalContext, gen: GenerateConfig, render: RenderConfig,
@@ -58,8 +58,12 @@ def collect(stream, renderer_id: str) -> RenderResult:
     })
     rejects = pa.table({k: _column(v[~kept]) for k, v in meta.items()})
     wall = time.time() - start
-    return RenderResult(anomalies, rejects, {"anomalies": len(anomalies), "rejected": len(rejects),
-                                             "seconds": wall, "images_per_s": len(anomalies) / wall})
+    stats = {"anomalies": len(anomalies), "rejected": len(rejects), "seconds": wall,
+             "images_per_s_wall": len(anomalies) / wall}
+    if kept.any():  # busy span of the render pool: first batch's start to last batch's end
+        span = float(data["render_end"][kept].max() - data["render_start"][kept].min())
+        stats["images_per_s"] = len(anomalies) / span
+    return RenderResult(anomalies, rejects, stats)
 
 
 def _column(values: np.ndarray) -> pa.Array:
