@@ -4,6 +4,7 @@
 Writes docs/results/knowledge-fmnist.json (+ .md) unless --record names another record.
 """
 
+import numpy as np
 import pyarrow.compute as pc
 
 from kka_ray.cli import parse_config, parser
@@ -48,9 +49,7 @@ def markdown(cfg: KnowledgeConfig, metrics: dict, result, command: str, seed: in
     return "\n".join(lines)
 
 
-def sample_rows(n: int, k: int, seed: int):
-    import numpy as np
-
+def sample_rows(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(n, k), replace=False))
 
 
