@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,15 +38,13 @@ class DatasetConfig(Strict):
     def _known(cls, v: str) -> str:
         from kka_ray.data import DATASETS
 
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; registered: {', '.join(DATASETS.names())}")
-        return v
+        return DATASETS.check(v)
 
 
 class DeepSADConfig(Strict):
     """Deep SAD (Ruff et al. 2020); with no labelled anomalies it is Deep SVDD."""
 
-    name: str = "deepsad"
+    name: Literal["deepsad"] = Field("deepsad", description="Detector; one config class per registered detector")
     net: str = Field("auto", description="Encoder preset: auto (by image size), lenet28, lenet32, conv64")
     rep_dim: int | None = Field(None, ge=2, description="Embedding size; None = the preset's")
     eta: float = Field(1.0, gt=0, description="Weight of the labelled terms of the loss")

@@ -30,6 +30,12 @@ class Registry(Generic[T]):
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}") from None
 
+    def check(self, name: str) -> str:
+        """For config validators: the name if registered, else a ValueError listing the registered ones."""
+        if name not in self._items:
+            raise ValueError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}")
+        return name
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

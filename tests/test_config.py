@@ -66,3 +66,16 @@ def test_record_fields_and_validation(tmp_path):
     with pytest.raises(ValueError, match="finite numbers"):
         write_record("r", {"a": float("nan")}, "", tmp_path)
     assert metric_key("ankle boot") == "ankle_boot" and metric_key("T-shirt") == "t_shirt"
+
+
+@pytest.mark.parametrize("model, field, value", [
+    ("kka_ray.llm:LMConfig", "backend", "openai"),
+    ("kka_ray.render:RenderConfig", "backend", "dalle"),
+    ("kka_ray.features:FeatureConfig", "name", "resnet"),
+])
+def test_backend_names_are_checked_against_their_registry(model, field, value):
+    import importlib
+
+    module, cls = model.split(":")
+    with pytest.raises(ConfigError, match=rf"{field}.*unknown .* '{value}'; registered"):
+        load_config(getattr(importlib.import_module(module), cls), None, [f"{field}={value}"])

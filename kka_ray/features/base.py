@@ -24,9 +24,7 @@ class FeatureConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in FEATURES:
-            raise ValueError(f"unknown feature extractor {v!r}; registered: {', '.join(FEATURES.names())}")
-        return v
+        return FEATURES.check(v)
 
 
 class FeatureExtractor(ABC):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kka_ray.config import Strict
 from kka_ray.registry import Registry
@@ -35,6 +35,13 @@ class LMConfig(Strict):
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one engine spans")
     max_lora_rank: int = Field(16, ge=1, description="vllm: largest LoRA rank the engine accepts")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: extra engine arguments")
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        import kka_ray.llm  # noqa: F401  (registers the backends)
+
+        return LM_BACKENDS.check(v)
 
 
 class LMBackend(ABC):

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kka_ray.config import Strict
 from kka_ray.data.base import resize_images
@@ -38,6 +38,13 @@ class RenderConfig(Strict):
     actors: int = Field(1, ge=1, description="Size of the render actor pool")
     cpus_per_actor: float = Field(2.0, gt=0, description="CPUs per actor (also its torch threads)")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor")
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        import kka_ray.render  # noqa: F401  (registers the backends)
+
+        return RENDERERS.check(v)
 
 
 def render_seed(seed: int, sentence: str) -> int:
