@@ -261,3 +261,11 @@ def test_duplicates_carry_across_calls_with_a_shared_key_set():
     second, rejected = clean([{"row_id": 1, "text": "A photo of a red dress."}], ["shirt"], [], [], NO_SIM,
                              kept_keys=seen)
     assert len(first) == 1 and not second and rejected[0]["reason"] == "duplicate"
+
+
+def test_last_line_of_a_truncated_completion_is_rejected():
+    rows = [{"row_id": 0, "text": "a photo of a red dress\na woman standing in a", "truncated": True},
+            {"row_id": 1, "text": "a photo of a green bag", "truncated": False}]
+    kept, rejected = clean(rows, ["shirt"], [], [], NO_SIM)
+    assert [k["sentence"] for k in kept] == ["a photo of a red dress", "a photo of a green bag"]
+    assert [(r["sentence"], r["reason"]) for r in rejected] == [("a woman standing in a", "truncated")]

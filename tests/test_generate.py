@@ -37,7 +37,7 @@ def tiny_lm(tmp_path_factory):
 def gen_config(model: str, **lm) -> GenerateConfig:
     return GenerateConfig(samples_per_representative=6, lm=LMConfig(model=model, max_new_tokens=24, batch_size=4,
                                                                      cpus_per_actor=0.5, **lm),
-                          clean=CleanConfig(min_words=1, similarity_threshold=None))
+                          clean=CleanConfig(min_words=1, similarity_threshold=None, drop_truncated=False))
 
 
 def test_messages_follow_the_paper_template_after_the_shots():
@@ -95,7 +95,7 @@ def test_stream_end_to_end_with_provenance(ray_local, tiny_lm):
     table = pa.concat_tables([result.descriptions.append_column("reason", pa.array([""] * len(result.descriptions))),
                               result.rejects], promote_options="permissive")
     for col in ("task", "iteration", "cluster", "representative_id", "representative_text", "prompt", "seed",
-                "generation_seconds",
+                "generation_seconds", "truncated",
                 "model", "adapter", "temperature", "top_p", "max_new_tokens", "sentence", "num_generated_tokens"):
         assert col in table.column_names, col
     assert set(table.column("iteration").to_pylist()) == {2}

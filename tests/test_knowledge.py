@@ -18,7 +18,7 @@ def test_knowledge_job_writes_tables_and_config(ray_local, tmp_path):
         "name=k", f"run_dir={tmp_path}", "normal_classes=[sandal]", "select.k=2", "select.features.image_size=64",
         "generate.samples_per_representative=3", f"generate.lm.model={model}", "generate.lm.max_new_tokens=16",
         "generate.lm.batch_size=4", "generate.lm.cpus_per_actor=1", "generate.clean.min_words=1",
-        "generate.clean.similarity_threshold=null",
+        "generate.clean.similarity_threshold=null", "generate.clean.drop_truncated=false",
     ])
     run = run_knowledge(cfg)
     assert len(run.reps) == 2 and run.ctx.normal_names == ("sandal",) and "shirt" in run.ctx.other_names

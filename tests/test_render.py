@@ -68,7 +68,7 @@ def test_descriptions_stream_into_images_with_provenance(ray_local, tiny_sd, tmp
     gen = GenerateConfig(samples_per_representative=4,
                          lm=LMConfig(model=str(save_tiny_llama(tmp_path / "lm")), max_new_tokens=16, batch_size=2,
                                      cpus_per_actor=0.5),
-                         clean=CleanConfig(min_words=1, similarity_threshold=None))
+                         clean=CleanConfig(min_words=1, similarity_threshold=None, drop_truncated=False))
     render = RenderConfig(model=tiny_sd, steps=2, batch_size=4, cpus_per_actor=0.5)
     stream, renderer = anomaly_stream([Representative(0, "train:3", "a photo of a shirt", 0.0, 5)], ctx, gen,
                                       render, size=28, channels=1, iteration=1)

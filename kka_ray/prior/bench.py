@@ -65,9 +65,7 @@ def render_table(prompts: list[tuple[str, int]], per_prompt: int) -> pa.Table:
 def render_pool(table: pa.Table, cfg: RenderConfig, size: int) -> tuple[np.ndarray, dict]:
     backend = build_renderer(cfg)
     result = collect(backend.apply(driver_blocks(table, 2 * cfg.actors), size, 1), backend.model_id())
-    images = np.empty_like(result.images)
-    images[result.anomalies.column("row_id").to_numpy()] = result.images  # back in the table's row order
-    return images, result.stats
+    return result.images, result.stats  # collect() returns rows in row_id order
 
 
 def render_bare(table: pa.Table, cfg: RenderConfig, size: int) -> tuple[np.ndarray, float]:

@@ -144,7 +144,8 @@ class Cleaner:
         self.kept_keys: set[str] = set()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = batch.rename(columns={"generated_text": "text"}).to_dict("records")
+        rows = batch.rename(columns={"generated_text": "text"}).assign(
+            truncated=batch["num_generated_tokens"] >= self.provenance["max_new_tokens"]).to_dict("records")
         kept, rejected = clean(rows, self.ctx.normal_names, self.ctx.other_names, self.ctx.normal_descriptions,
                                self.cfg, self.encoder, kept_keys=self.kept_keys)
         lines = pd.DataFrame([{**r, "reason": ""} for r in kept] + rejected)
@@ -195,7 +196,8 @@ def generate_descriptions(reps, ctx: NormalContext, cfg: GenerateConfig, iterati
     """Run the stream to the end and split kept from rejected lines."""
     start = time.time()
     refs = description_stream(reps, ctx, cfg, iteration).to_arrow_refs()
-    lines = pa.concat_tables(ray.get(refs), promote_options="permissive")
+    # Blocks arrive in whatever order the pool finishes them; a stable sort restores generation order.
+    lines = pa.concat_tables(ray.get(refs), promote_options="permissive").sort_by("row_id")
     stats = generation_stats(lines, time.time() - start)
     kept_mask = pc.equal(lines.column("reason"), "")
     return GenerationResult(lines.filter(kept_mask).drop_columns(["reason"]),

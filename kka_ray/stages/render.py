@@ -47,6 +47,9 @@ def collect(stream, renderer_id: str) -> RenderResult:
         for k, v in batch.items():
             columns.setdefault(k, []).append(v)
     data = {k: np.concatenate(v) for k, v in columns.items()}
+    if "row_id" in data:  # blocks arrive in completion order; a stable sort restores generation order
+        order = np.argsort(data["row_id"], kind="stable")
+        data = {k: v[order] for k, v in data.items()}
     kept = data["rendered"].astype(bool)
     meta = {k: v for k, v in data.items() if k not in _RENDER_ONLY}
     anomalies = pa.table({

@@ -25,7 +25,8 @@ DUPLICATE = "duplicate"
 RESTATES_NORMAL = "restates_normal_class"
 SIMILAR_TO_NORMAL = "similar_to_normal"
 PREAMBLE = "preamble"
-REASONS = (MALFORMED, EMPTY, PREAMBLE, TOO_SHORT, TOO_LONG, DUPLICATE, RESTATES_NORMAL, SIMILAR_TO_NORMAL)
+TRUNCATED = "truncated"
+REASONS = (MALFORMED, EMPTY, PREAMBLE, TOO_SHORT, TOO_LONG, TRUNCATED, DUPLICATE, RESTATES_NORMAL, SIMILAR_TO_NORMAL)
 # Chat models introduce their lists ("Here are five new sentences:"): such a line describes nothing.
 _PREAMBLE = re.compile(r"(:\s*$)|^(here (are|is)|sure\b|certainly\b|of course\b)", re.IGNORECASE)
 
@@ -40,6 +41,8 @@ class CleanConfig(Strict):
         "similar_to_normal; None disables the check (and the encoder). 0.9: \"a photo of a t-shirt\" (0.84 to "
         "\"a photo of a shirt\") is a real anomaly and must pass",
     )
+    drop_truncated: bool = Field(True, description="Reject the last line of a completion that hit the token "
+                                 "limit (it stops mid-sentence)")
     extra_synonyms: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Class name -> more words that restate it, added to the built-in table (kka_ray.text.synonyms)",
@@ -184,7 +187,8 @@ def clean(
 
     Rules, first match wins: malformed (not a mapping, no row_id, text not a string), empty (no sentence, or one
     without a letter or digit), preamble (a list's introduction: ends with ":" or opens "Here are"), too_short,
-    too_long, duplicate (line_key of a line already kept in this call or in `kept_keys`), restates_normal_class,
+    too_long, truncated (the last line of a row flagged `truncated`), duplicate (line_key of a line already kept
+    in this call or in `kept_keys`), restates_normal_class,
     similar_to_normal. Without an encoder the offline MiniLM is loaded when the similarity rule is on.
     """
     synonyms = {name: [*SYNONYMS.get(name, ()), *cfg.extra_synonyms.get(name, ())]
@@ -195,7 +199,10 @@ def clean(
         sentences = split_sentences(text) if text is not None else []
         if not sentences:
             lines.append((provenance, "", MALFORMED if text is None else EMPTY))
-        lines.extend((provenance, s, _shape_reason(s, cfg)) for s in sentences)
+        reasons = [_shape_reason(s, cfg) for s in sentences]
+        if cfg.drop_truncated and sentences and provenance.get("truncated") and reasons[-1] is None:
+            reasons[-1] = TRUNCATED  # generation hit its token limit: the last line stops mid-sentence
+        lines.extend(zip([provenance] * len(sentences), sentences, reasons, strict=True))
 
     candidates = [s for _, s, reason in lines if reason is None]
     too_similar: set[str] = set()
