@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import pyarrow as pa
 
 from kka_ray.registry import Registry
 
@@ -54,25 +53,6 @@ class ImageSet:
             ids=self.ids[idx],
             split=self.split,
         )
-
-    def to_arrow(self) -> pa.Table:
-        """Arrow table: image as a fixed-shape tensor column, the rest as plain columns."""
-        return pa.table(
-            {
-                "id": pa.array(self.ids.astype(str)),
-                "image": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(self.images)),
-                "label": pa.array(self.labels.astype(np.int64)),
-                "class_name": pa.array([self.class_names[i] for i in self.labels]),
-                "descriptions": pa.array([list(d) for d in self.descriptions], type=pa.list_(pa.string())),
-                "split": pa.array([self.split] * len(self)),
-            }
-        )
-
-    def to_ray(self, num_blocks: int | None = None):
-        import ray.data
-
-        ds = ray.data.from_arrow(self.to_arrow())
-        return ds.repartition(num_blocks) if num_blocks else ds
 
 
 @dataclass
