@@ -6,7 +6,6 @@ Each worker samples its own share of the corpus (DDP averages the gradients); ra
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
+from kka_ray.ddp import Progress, mean_over_workers, unwrap
 from kka_ray.prior.corpus import Corpus, build_corpus
 from kka_ray.prior.model import (
     PriorConfig,
@@ -37,29 +37,16 @@ def to_model_range(images: np.ndarray) -> torch.Tensor:
     return torch.tensor(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+class _AutoencoderStep(torch.nn.Module):
+    """One autoencoder pass as a forward(), so DDP sees it and syncs the gradients across workers."""
 
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
 
-def _mean_over_workers(value: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(value)
-        value /= torch.distributed.get_world_size()
-    return value
-
-
-class Progress:
-    """Rank 0 prints about ten lines per phase (a ray.train.report is a synchronous round trip)."""
-
-    def __init__(self, phase: str, steps: int):
-        self.phase, self.steps, self.start = phase, steps, time.time()
-        self.every = max(1, steps // 10)
-        self.rank0 = ray.train.get_context().get_world_rank() == 0
-
-    def __call__(self, step: int, loss: float) -> None:
-        if self.rank0 and ((step + 1) % self.every == 0 or step + 1 == self.steps):
-            print(f"prior {self.phase} step {step + 1}/{self.steps} loss {loss:.4f} "
-                  f"({time.time() - self.start:.0f} s)", flush=True)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(x).latent_dist
+        return self.vae.decode(posterior.sample()).sample, posterior.kl().mean()
 
 
 def _batches(n: int, cfg: PriorConfig, rng: np.random.Generator):
@@ -74,25 +61,24 @@ def _batches(n: int, cfg: PriorConfig, rng: np.random.Generator):
 
 def train_vae(corpus: Corpus, cfg: PriorConfig, device, rng) -> tuple[torch.nn.Module, float]:
     """Reconstruction + a small KL term; returns the autoencoder and its latent scaling factor (1 / std)."""
-    vae = ray.train.torch.prepare_model(build_vae(cfg))
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    step_fn = ray.train.torch.prepare_model(_AutoencoderStep(build_vae(cfg)))
+    opt = torch.optim.AdamW(step_fn.parameters(), lr=cfg.vae_lr)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, max(1, cfg.vae_steps))
-    progress, batches = Progress("autoencoder", cfg.vae_steps), _batches(len(corpus.images), cfg, rng)
+    progress, batches = Progress("prior autoencoder step", cfg.vae_steps), _batches(len(corpus.images), cfg, rng)
     for step in range(cfg.vae_steps):
         x = to_model_range(corpus.images[next(batches)]).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            posterior = _unwrap(vae).encode(x).latent_dist
-            recon = _unwrap(vae).decode(posterior.sample()).sample
-        loss = F.mse_loss(recon.float(), x) + cfg.vae_kl_weight * posterior.kl().mean()
+            recon, kl = step_fn(x)
+        loss = F.mse_loss(recon.float(), x) + cfg.vae_kl_weight * kl.float()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         progress(step, loss.item())
-    vae = _unwrap(vae).eval().requires_grad_(False)
+    vae = unwrap(step_fn).vae.eval().requires_grad_(False)
     with torch.no_grad():
         sample = to_model_range(corpus.images[next(batches)]).to(device)
-        std = _mean_over_workers(vae.encode(sample).latent_dist.mean.float().std().reshape(1))
+        std = mean_over_workers(vae.encode(sample).latent_dist.mean.float().std().reshape(1))
     return vae, float(1.0 / std.clamp(min=1e-6))
 
 
@@ -119,7 +105,7 @@ def train_unet(corpus: Corpus, cfg: PriorConfig, vae, scaling: float, device, rn
     mean, std = encode_latents(vae, corpus, device)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, max(1, cfg.unet_steps))
-    progress, batches = Progress("unet", cfg.unet_steps), _batches(len(corpus.images), cfg, rng)
+    progress, batches = Progress("prior unet step", cfg.unet_steps), _batches(len(corpus.images), cfg, rng)
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     for step in range(cfg.unet_steps):
         idx = next(batches)
@@ -138,9 +124,9 @@ def train_unet(corpus: Corpus, cfg: PriorConfig, vae, scaling: float, device, rn
         loss.backward()
         opt.step()
         sched.step()
-        ema.step(_unwrap(unet).parameters())
+        ema.step(unwrap(unet).parameters())
         progress(step, loss.item())
-    unet = _unwrap(unet)
+    unet = unwrap(unet)
     ema.copy_to(unet.parameters())
     return unet.eval()
 

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from kka_ray.config import DeepSADConfig
+from kka_ray.ddp import Progress, all_reduce_sum, unwrap
 from kka_ray.detectors.deepsad.loss import deep_sad_loss, fix_center, squared_distance
 from kka_ray.detectors.deepsad.networks import AutoEncoder, Encoder, NetSpec
 
@@ -24,23 +25,6 @@ CHECKPOINT_FILE = "deepsad.pt"
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N,H,W,C) -> float (N,C,H,W) in [0,1], the reference's ToTensor()."""
     return torch.tensor(images).permute(0, 3, 1, 2).float().div_(255.0)  # a copy: inputs may be read-only
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def _log(phase: str, epoch: int, epochs: int, loss: float) -> None:
-    # A print, not ray.train.report: a report is a synchronous round trip through the controller that
-    # cost seconds per epoch here.
-    if ray.train.get_context().get_world_rank() == 0 and (epoch + 1) % max(1, epochs // 10) == 0:
-        print(f"deepsad {phase} epoch {epoch + 1}/{epochs} loss {loss:.5f}", flush=True)
 
 
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
@@ -58,9 +42,10 @@ def _pretrain(spec: NetSpec, loader: DataLoader, cfg: DeepSADConfig) -> dict:
     ae = ray.train.torch.prepare_model(AutoEncoder(spec))
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.ae_lr_milestones, gamma=0.1)
+    progress = Progress("deepsad pretrain epoch", cfg.ae_epochs)
     for epoch in range(cfg.ae_epochs):
         _set_epoch(loader, epoch)
-        total, n = torch.zeros(2), 0
+        total = torch.zeros(2)
         for x, _ in loader:
             with _autocast(cfg, x):
                 recon = ae(x)
@@ -68,13 +53,11 @@ def _pretrain(spec: NetSpec, loader: DataLoader, cfg: DeepSADConfig) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total[0] += loss.item() * len(x)
-            n += len(x)
+            total += torch.tensor([loss.item() * len(x), len(x)])
         sched.step()
-        total[1] = n
-        _all_reduce_sum(total)
-        _log("pretrain", epoch, cfg.ae_epochs, float(total[0] / total[1]))
-    return _unwrap(ae).encoder.state_dict()
+        all_reduce_sum(total)
+        progress(epoch, float(total[0] / total[1]))
+    return unwrap(ae).encoder.state_dict()
 
 
 @torch.no_grad()
@@ -86,7 +69,7 @@ def _center(net: torch.nn.Module, loader: DataLoader, eps: float = 0.1) -> torch
         z = net(x)
         part = torch.cat([z.sum(0), torch.tensor([len(z)], dtype=z.dtype)])
         acc = part if acc is None else acc + part
-    acc = _all_reduce_sum(acc)
+    acc = all_reduce_sum(acc)
     net.train()
     return fix_center(acc[:-1] / acc[-1], eps)
 
@@ -110,6 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
     c = _center(net, loader)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=0.1)
+    progress = Progress("deepsad train epoch", cfg.epochs)
     for epoch in range(cfg.epochs):
         _set_epoch(loader, epoch)
         total = torch.zeros(2)
@@ -122,10 +106,10 @@ def train_loop_per_worker(config: dict) -> None:
             opt.step()
             total += torch.tensor([loss.item() * len(x), len(x)])
         sched.step()
-        _all_reduce_sum(total)
+        all_reduce_sum(total)
         loss = float(total[0] / total[1])
-        _log("train", epoch, cfg.epochs, loss)
-    _report_final({"epochs": cfg.epochs, "loss": loss}, _unwrap(net), c, spec)
+        progress(epoch, loss)
+    _report_final({"epochs": cfg.epochs, "loss": loss}, unwrap(net), c, spec)
 
 
 def _report_final(metrics: dict, net: torch.nn.Module, c: torch.Tensor, spec: NetSpec) -> None:

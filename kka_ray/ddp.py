@@ -1,0 +1,39 @@
+"""Small pieces every Ray Train loop here needs: the module under DDP, cross-worker sums, progress lines."""
+
+from __future__ import annotations
+
+import time
+
+import ray.train
+import torch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP (for saving or inspection; train through the wrapper so gradients are synced)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def mean_over_workers(t: torch.Tensor) -> torch.Tensor:
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return all_reduce_sum(t) / world
+
+
+class Progress:
+    """Rank 0 prints about ten lines per phase: a print, not ray.train.report, which is a synchronous round
+    trip through the controller that cost seconds per call here."""
+
+    def __init__(self, phase: str, steps: int):
+        self.phase, self.steps, self.start = phase, steps, time.time()
+        self.every = max(1, steps // 10)
+        self.rank0 = ray.train.get_context().get_world_rank() == 0
+
+    def __call__(self, step: int, loss: float) -> None:
+        if self.rank0 and ((step + 1) % self.every == 0 or step + 1 == self.steps):
+            print(f"{self.phase} {step + 1}/{self.steps} loss {loss:.5f} ({time.time() - self.start:.0f} s)",
+                  flush=True)
