@@ -10,9 +10,17 @@ export TOKENIZERS_PARALLELISM ?= false
 setup:
 	bash scripts/setup.sh
 
-# Main job on the embedded offline default (until the KKA loop lands: the Deep SAD benchmark on one class).
-demo: setup
-	$(PY) jobs/benchmark.py --config configs/demo.yaml
+PRIOR := kka_ray/render/offline_prior/model_index.json
+DEMO_RUN := runs/kka-demo
+
+# The offline text-to-image prior ships with the repository; this trains it only where it is missing.
+$(PRIOR):
+	$(PY) jobs/train_prior.py --config configs/prior/default.yaml
+
+# Main job on the embedded offline default: the KKA loop on Fashion-MNIST "shirt" (a fresh run each time).
+demo: setup $(PRIOR)
+	rm -rf $(DEMO_RUN)
+	$(PY) jobs/kka_loop.py --config configs/kka/demo.yaml
 
 test: setup
 	$(PY) -m ruff check kka_ray jobs tests

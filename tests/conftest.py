@@ -19,3 +19,23 @@ def ray_local():
     init_ray(RayConfig(num_cpus=2, object_store_mb=512))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny Llama and a tiny diffusion pipeline saved once per session."""
+    from tiny_models import save_tiny_llama, save_tiny_stable_diffusion
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {"lm": str(save_tiny_llama(root / "lm")), "sd": str(save_tiny_stable_diffusion(root / "sd"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_local, tiny, tmp_path_factory):
+    """One complete KKA run (T = 2) on the tiny models, shared by the loop and Serve tests."""
+    from tiny_loop import tiny_config
+
+    from kka_ray.loop import run_loop
+
+    cfg = tiny_config(tiny, tmp_path_factory.mktemp("runs"))
+    return cfg, run_loop(cfg)

@@ -7,7 +7,7 @@ Input rows carry `messages` (chat messages: list of {role, content}) and `seed`;
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -45,6 +45,10 @@ class LMConfig(Strict):
 
 
 class LMBackend(ABC):
+    # Online use (Ray Serve): a class built from LMConfig.model_dump() whose call maps a batch of `messages`
+    # and `seed` to `generated_text` and `num_generated_tokens`.
+    generator_cls: ClassVar[type]
+
     def __init__(self, cfg: LMConfig):
         self.cfg = cfg
 

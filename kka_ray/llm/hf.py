@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ray.data import ActorPoolStrategy
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, TopPLogitsWarper
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, LogitsProcessor, TopPLogitsWarper
 
 from kka_ray.llm.base import LM_BACKENDS, LMBackend, LMConfig
 
@@ -33,24 +33,45 @@ def torch_dtype(cfg: LMConfig, device: str) -> torch.dtype:
     return getattr(torch, cfg.dtype)
 
 
-def load_causal_lm(cfg: LMConfig, device: str = "cpu", merge_adapter: bool = True):
-    """Tokenizer (left padding, pad = EOS where missing) and model, with the LoRA adapter applied if set."""
+def load_causal_lm(cfg: LMConfig, device: str = "cpu", merge_adapter: bool = True, trainable: bool = False):
+    """Tokenizer (left padding, pad = EOS where missing) and model, with the LoRA adapter applied if set.
+
+    GGUF weights are unpacked to dense layers at load: packed GGUF modules can be neither trained nor saved.
+    `trainable` keeps the adapter attached and trainable (DPO continues from it).
+    """
     source, gguf = model_source(cfg)
     kwargs = {"gguf_file": gguf} if gguf else {}
     tok = AutoTokenizer.from_pretrained(source, **kwargs)
     tok.padding_side = "left"  # decoder-only batches must end where generation starts
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if gguf:
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(cfg, device), **kwargs).to(device)
     if cfg.adapter:
         from peft import PeftModel
 
-        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"LoRA adapter {cfg.adapter}: no adapter_config.json there")
-        model = PeftModel.from_pretrained(model, cfg.adapter)
-        if merge_adapter:  # merged generation is 8-24% faster than with the adapter attached
+        adapter = local_adapter(cfg.adapter)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        if merge_adapter and not trainable:  # merged generation is 8-24% faster than with the adapter attached
             model = model.merge_and_unload()
-    return tok, model.eval()
+    return tok, (model.train() if trainable else model.eval())
+
+
+def local_adapter(location: str) -> Path:
+    """An adapter folder on this node: local paths as they are, URIs (s3://, gs://, ...) copied to a temp dir."""
+    if "://" in location:
+        import tempfile
+
+        import pyarrow.fs as pafs
+
+        target = Path(tempfile.mkdtemp(prefix="kka-adapter-"))
+        fs, path = pafs.FileSystem.from_uri(location)
+        pafs.copy_files(path, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return target
+    if not (Path(location) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"LoRA adapter {location}: no adapter_config.json there")
+    return Path(location)
 
 
 class SeededSampler(LogitsProcessor):
@@ -123,6 +144,7 @@ class HFGenerator:
 
 @LM_BACKENDS.register("transformers")
 class TransformersBackend(LMBackend):
+    generator_cls = HFGenerator
     def apply(self, ds):
         cfg = self.cfg
         return ds.map_batches(

@@ -59,8 +59,35 @@ def postprocess_row(row: dict) -> dict:
     return {**keep, "num_generated_tokens": int(row.get("num_generated_tokens", 0))}
 
 
+class VLLMGenerator:
+    """One in-process vLLM engine for online serving (Ray Serve replicas): same call as HFGenerator, a row's
+    seed in its SamplingParams, the adapter as a LoRARequest."""
+
+    def __init__(self, cfg: dict):
+        from vllm import LLM
+
+        self.cfg = LMConfig(**cfg)
+        self.llm = LLM(model=self.cfg.model, **processor_config(self.cfg).engine_kwargs)
+        self.lora = None
+        if self.cfg.adapter:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest(self.cfg.adapter, 1, self.cfg.adapter)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        from vllm import SamplingParams
+
+        params = [SamplingParams(**sampling_params(self.cfg, s)) for s in batch["seed"]]
+        outs = self.llm.chat([list(m) for m in batch["messages"]], params, lora_request=self.lora, use_tqdm=False)
+        return {"generated_text": np.array([o.outputs[0].text for o in outs], dtype=object),
+                "num_generated_tokens": np.array([len(o.outputs[0].token_ids) for o in outs])}
+
+
 @LM_BACKENDS.register("vllm")
 class VLLMBackend(LMBackend):
+    generator_cls = VLLMGenerator
+
     def apply(self, ds):
         from ray.data.llm import build_processor
 

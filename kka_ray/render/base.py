@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import zlib
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -97,6 +97,8 @@ class RenderActor(ABC):
 
 
 class RenderBackend(ABC):
+    actor_cls: ClassVar[type[RenderActor]]  # also what a Ray Serve replica holds
+
     def __init__(self, cfg: RenderConfig):
         self.cfg = cfg
 

@@ -56,6 +56,7 @@ class DiffusersRenderer(RenderActor):
 
 @RENDERERS.register("diffusers")
 class DiffusersBackend(RenderBackend):
+    actor_cls = DiffusersRenderer
     def apply(self, ds, size: int, channels: int):
         cfg = self.cfg
         return ds.map_batches(

@@ -1,0 +1,22 @@
+"""KKA loop benchmark over normal classes and seeds -> docs/results/<name>.json (+ .md, .png).
+
+    python jobs/bench_kka.py --config configs/kka/bench_fmnist.yaml
+Interrupted runs resume from their last completed iteration when the command is run again.
+"""
+
+from kka_ray.cli import parse_config, parser
+from kka_ray.loop_bench import LoopBenchConfig, run_loop_bench
+from kka_ray.records import invoked_command
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    cfg = parse_config(LoopBenchConfig, args)
+    m = run_loop_bench(cfg, invoked_command())
+    print(f"{cfg.name}: no anomalies {m['auroc_no_anomalies']:.1f}, KKA(0) {m['auroc_kka0']:.1f}, "
+          f"KKA(final) {m['auroc_kka_final']:.1f}; hard share {m['hard_share_iter0']:.3f} -> "
+          f"{m['hard_share_final']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Run the anomaly service (Ray Serve, FastAPI ingress) until interrupted.
+
+    KKA_SERVE_TOKEN=secret python jobs/serve.py --config configs/serve/default.yaml [--set run=runs/kka-demo]
+    curl -s -H "Authorization: Bearer secret" -H "Content-Type: application/json" \\
+         -d '{"dataset": "fashion_mnist", "normal_class": "shirt", "count": 4}' http://127.0.0.1:8000/v1/anomalies
+"""
+
+import time
+
+from kka_ray.cli import parse_config, parser
+from kka_ray.runtime import init_ray
+from kka_ray.serve.app import build_app
+from kka_ray.serve.config import ServeConfig
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    cfg = parse_config(ServeConfig, args)
+    init_ray(cfg.ray)
+    from ray import serve
+
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name="kka", route_prefix="/")
+    print(f"serving on http://{cfg.host}:{cfg.port} (POST /v1/anomalies, GET /v1/models, GET /healthz); "
+          "Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()

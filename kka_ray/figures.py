@@ -1,0 +1,76 @@
+"""Figures a person would rather look at: anomaly grids (the paper's Figure 3) and per-iteration curves."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+import warnings
+
+import numpy as np
+import pyarrow as pa
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # generated text may hold characters the font lacks; they show as boxes
+        warnings.filterwarnings("ignore", "Glyph .* missing")
+        fig.savefig(buf, format="png", dpi=110)
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def anomaly_grid(anomalies: pa.Table, n: int, title: str, per_row: int = 8) -> bytes:
+    """The first `n` anomalies with their descriptions; frame red = hard, blue = easy (when judged)."""
+    plt = _plt()
+    n = min(n, len(anomalies))
+    rows = max(1, -(-n // per_row))
+    images = anomalies.column("image").combine_chunks().to_numpy_ndarray()[:n]
+    sentences = anomalies.column("sentence").to_pylist()[:n]
+    hard = anomalies.column("hard").to_pylist()[:n] if "hard" in anomalies.column_names else [None] * n
+    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 1.5, rows * 1.9), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        img = images[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title("\n".join(textwrap.wrap(sentences[i], 22)[:3]), fontsize=6)
+        if hard[i] is not None:
+            for side in ax.spines.values():
+                side.set_edgecolor("red" if hard[i] else "tab:blue")
+                side.set_linewidth(2.5)
+    fig.suptitle(title + ("  (frame: red = hard, blue = easy)" if hard[0] is not None else ""), fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def iteration_curves(iterations: list[int], auroc: list[float], hard_share: list[float],
+                     baseline: float | None, title: str) -> bytes:
+    """Test AUROC of SAD + KKA(t) and the hard share of A_t against t (the paper's Table III as a plot)."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    a.plot(iterations, auroc, "o-", label="SAD + KKA(t)")
+    if baseline is not None:
+        a.axhline(baseline, color="grey", ls="--", label="no anomalies")
+    a.set_xlabel("iteration t")
+    a.set_ylabel("test AUROC %")
+    a.set_xticks(iterations)
+    a.legend(fontsize=8)
+    b.plot(iterations, 100 * np.asarray(hard_share), "o-", color="tab:red")
+    b.set_xlabel("iteration t")
+    b.set_ylabel("hard share of A_t %")
+    b.set_xticks(iterations)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)

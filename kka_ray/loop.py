@@ -1,0 +1,273 @@
+"""Algorithm 1 as a driver: select once, then for t = 0..T generate -> render -> update -> evaluate -> split ->
+report SAD + KKA(t) -> (t < T) prefer (DPO) -> the next iteration generates with the tuned model.
+
+Stage outputs stay in memory and in the object store between stages; after each completed iteration its
+checkpoint goes to the run directory (local path or pyarrow URI): A_t (Parquet with images, descriptions,
+distances, hard/easy, provenance), the rejected lines, the DPO pairs, theta_C's weights, the adapter of the next
+iteration, metrics and a grid. `resume` continues after the last completed iteration.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+from pydantic import Field, ValidationError
+
+from kka_ray.config import (
+    ConfigError,
+    DatasetConfig,
+    DeepSADConfig,
+    RayConfig,
+    Strict,
+    apply_overrides,
+    describe_errors,
+)
+from kka_ray.data import build_dataset, make_task
+from kka_ray.detectors import build_detector
+from kka_ray.figures import anomaly_grid, iteration_curves
+from kka_ray.metrics import auroc
+from kka_ray.render import RenderConfig
+from kka_ray.stages.evaluate import SplitConfig, anomaly_set, evaluate, with_split
+from kka_ray.stages.generate import GenerateConfig, normal_context
+from kka_ray.stages.prefer import PreferConfig, adapter_files, build_pairs, run_dpo
+from kka_ray.stages.render import anomaly_stream, collect
+from kka_ray.stages.select import Representative, SelectConfig, representatives_table, run_select
+from kka_ray.stages.update import UpdateConfig, origin_counts, update_anomalies
+from kka_ray.store import RunStore
+
+STATE = "state.json"
+
+
+class KKAConfig(Strict):
+    name: str = Field("kka", description="Run name: outputs go to <run_dir>/<name>/")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    normal_classes: list[str | int] = Field(default_factory=lambda: ["shirt"], min_length=1)
+    seed: int = Field(0, description="Seeds the task split, sampling, rendering, training and the update draws")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of training normals held out for Eq. 6")
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    evaluator: DeepSADConfig = Field(default_factory=DeepSADConfig, description="theta_C (Eq. 5)")
+    detector: DeepSADConfig | None = Field(None, description="The reported SAD detector; None = theta_C of each "
+                                           "iteration (same model, same data: one fit instead of two)")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    prefer: PreferConfig = Field(default_factory=PreferConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
+    grid_size: int = Field(32, ge=1, description="Anomalies shown in each iteration's grid")
+    run_dir: str = Field("runs", description="Parent of the run folder: a local path or a pyarrow URI")
+    train_storage: str | None = Field(None, description="Ray Train storage (shared path or URI on a multi-node "
+                                      "cluster); None = a local temporary folder")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
+@dataclass
+class LoopState:
+    store: RunStore
+    completed: int = -1  # last iteration whose checkpoint is complete
+    rows: list[dict] = field(default_factory=list)  # per-iteration metrics
+    baseline: dict = field(default_factory=dict)  # SAD without anomalies
+
+
+# What a resumed run may change: where it runs, and how many iterations it goes to.
+RESUMABLE = ("ray.", "train_storage", "update.iterations")
+
+
+def load_run_config(run: str, overrides: list[str]) -> KKAConfig:
+    """The saved config of a run folder, with overrides limited to RESUMABLE fields."""
+    store = RunStore(run)
+    if not store.exists("config.yaml"):
+        raise ConfigError(f"--resume {run}: no config.yaml there (not a KKA run folder)")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not key.startswith(RESUMABLE):
+            raise ConfigError(f"--resume {run}: {key!r} cannot change in a resumed run (only ray.*, train_storage, "
+                              "update.iterations); start a new run instead")
+    tree = apply_overrides(yaml.safe_load(store.read_text("config.yaml")), overrides)
+    try:
+        return KKAConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(describe_errors(e, f"{run}/config.yaml")) from None
+
+
+def open_run(cfg: KKAConfig, resume: bool) -> LoopState:
+    store = RunStore(f"{cfg.run_dir.rstrip('/')}/{cfg.name}")
+    if store.exists(STATE) and not resume:
+        raise ConfigError(f"{store.location} already holds a run; continue it with --resume {store.location} "
+                          "or choose another `name`")
+    state = LoopState(store)
+    if resume and store.exists(STATE):
+        saved = store.read_json(STATE)
+        state.completed, state.rows, state.baseline = saved["completed"], saved["rows"], saved["baseline"]
+        last = state.completed
+        if last < cfg.update.iterations and "next_adapter" not in state.rows[-1]:
+            raise ConfigError(f"{store.location}: iteration {last} was the last one (no DPO adapter after it), so "
+                              "the run cannot go further; start a new run with more update.iterations")
+    store.write_text("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return state
+
+
+def _say(msg: str) -> None:
+    print(f"[kka] {msg}", flush=True)
+
+
+def _fit_and_test(cfg: DeepSADConfig, task, anomalies, seed: int, workdir: Path) -> float:
+    det = build_detector(cfg)
+    det.fit(task.train_normal, anomalies, seed=seed, workdir=workdir)
+    return 100 * auroc(task.test_targets, det.score(task.test.images))
+
+
+def _relative_adapter(table: pa.Table, adapter: str) -> pa.Table:
+    """The run-relative adapter name in the provenance, so that a run reads the same wherever its folder is."""
+    return table.set_column(table.column_names.index("adapter"), "adapter",
+                            pa.array([adapter] * len(table), pa.string()))
+
+
+def _new_anomalies(table: pa.Table, iteration: int, adapter: str) -> pa.Table:
+    ids = pa.array([f"i{iteration}-{k}" for k in range(len(table))])
+    return _relative_adapter(table, adapter).append_column("anomaly_id", ids)
+
+
+def _representatives(state: LoopState, task, cfg: KKAConfig) -> list[Representative]:
+    if state.store.exists("representatives.parquet"):
+        return [Representative(**r) for r in state.store.read_table("representatives.parquet").to_pylist()]
+    reps = run_select(task.train_normal, cfg.select)
+    state.store.write_table("representatives.parquet", representatives_table(reps))
+    return reps
+
+
+def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None) -> LoopState:
+    """Run (or, with `resume`, continue) the loop; `stop_after` ends it after that iteration's checkpoint, for
+    time-limited job slots (continue with resume)."""
+    from kka_ray.runtime import init_ray
+
+    state = open_run(cfg, resume)
+    store, T = state.store, cfg.update.iterations
+    init_ray(cfg.ray)
+    workdir = Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
+    dataset = build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.options)
+    task = make_task(dataset, cfg.dataset.name, cfg.normal_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    size, _, channels = task.train_normal.shape
+    _say(f"task {task.name}: {len(task.train_normal)} train normals, {len(task.val_normal)} validation normals, "
+         f"{len(task.test)} test images; run folder {store.location}")
+    reps = _representatives(state, task, cfg)
+    ctx = normal_context(task, cfg.generate)
+    _say(f"select: {len(reps)} representatives: " + "; ".join(r.description for r in reps))
+    if not state.baseline:
+        start = time.time()
+        score = _fit_and_test(cfg.detector or cfg.evaluator, task, None, cfg.seed, workdir)
+        state.baseline = {"auroc": score, "seconds": time.time() - start}
+        _say(f"SAD without anomalies: test AUROC {score:.1f} ({state.baseline['seconds']:.0f} s)")
+    previous = store.read_table(f"iter_{state.completed}/anomalies.parquet") if state.completed >= 0 else None
+    for t in range(state.completed + 1, T + 1):
+        previous = run_iteration(cfg, state, task, reps, ctx, t, previous, (size, channels), workdir)
+        if stop_after is not None and t >= stop_after and t < T:
+            _say(f"stopped after iteration {t} as asked; continue with --resume {store.location}")
+            return state
+    report = final_report(cfg, state)
+    store.write_text("report.md", report)
+    print(report, flush=True)
+    return state
+
+
+def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, previous: pa.Table | None,
+                  shape: tuple[int, int], workdir: Path) -> pa.Table:
+    store, T, start = state.store, cfg.update.iterations, time.time()
+    adapter = state.rows[-1]["next_adapter"] if state.rows else ""  # run-relative; "" = the base model
+    lm = cfg.generate.lm.model_copy(update={"adapter": store.uri(adapter) if adapter else None})
+    gen = cfg.generate.model_copy(update={"lm": lm})
+    stream, renderer = anomaly_stream(reps, ctx, gen, cfg.render, *shape, iteration=t)
+    rendered = collect(stream, renderer)
+    new = _new_anomalies(rendered.anomalies, t, adapter)
+    _say(f"iter {t} generate+render: {len(new)} anomalies, {len(rendered.rejects)} lines rejected "
+         f"({rendered.stats['seconds']:.0f} s)")
+    if len(new) == 0:
+        raise RuntimeError(f"iteration {t}: every generated line was rejected; see the rejects in the log above")
+    anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode, seed=cfg.seed + t)
+    _say(f"iter {t} update ({cfg.update.mode}): |A_{t}| = {len(anomalies)}, by origin iteration "
+         f"{origin_counts(anomalies)}")
+    ev = evaluate(task, anomalies, cfg.evaluator, cfg.split, seed=cfg.seed + t, workdir=workdir)
+    anomalies = with_split(anomalies, ev, t)
+    sp = ev.split
+    _say(f"iter {t} evaluate+split: hard {sp.hard_count}, easy {sp.easy_count} (hard share {sp.hard_share:.3f}, "
+         f"boundary {sp.threshold:.4g})")
+    # Test images are read only here, after theta_C and the split of this iteration are final.
+    if cfg.detector is None:
+        score = 100 * auroc(task.test_targets, ev.evaluator.score(task.test.images))
+    else:
+        score = _fit_and_test(cfg.detector, task, anomaly_set(anomalies), cfg.seed + t, workdir)
+    _say(f"iter {t} SAD + KKA({t}): test AUROC {score:.1f}")
+    row = {"iteration": t, "anomalies": len(anomalies), "new": len(new), "rejected": len(rendered.rejects),
+           "hard": sp.hard_count, "easy": sp.easy_count, "hard_share": sp.hard_share,
+           "hard_new": int(anomalies.filter(pc.equal(anomalies.column("iteration"), t))
+                           .column("hard").to_numpy(zero_copy_only=False).sum()),
+           "boundary": sp.threshold, "auroc": score, "evaluator_loss": float(ev.fit_metrics.get("loss", np.nan)),
+           "images_per_s": rendered.stats.get("images_per_s", 0.0)}
+    if t < T:
+        row.update(prefer(cfg, state, anomalies, gen, lm, ctx.domain, t, adapter, workdir))
+    row["seconds"] = time.time() - start
+    save_iteration(state, t, anomalies, _relative_adapter(rendered.rejects, adapter), ev, row, cfg)
+    return anomalies
+
+
+def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateConfig, lm, domain: str, t: int,
+           adapter: str, workdir: Path) -> dict:
+    """Eq. 7: DPO on this iteration's pairs. With no pair (no hard or no easy anomaly) the model stays as it is."""
+    pairs = build_pairs(anomalies, gen, domain, cfg.prefer, seed=cfg.seed + t)
+    state.store.write_table(f"iter_{t}/pairs.parquet", pairs)
+    if len(pairs) == 0:
+        _say(f"iter {t} prefer (DPO): no preference pair this iteration; the next one keeps the current model")
+        return {"pairs": 0, "next_adapter": adapter}
+    checkpoint, dpo = run_dpo(pairs, lm, cfg.prefer, seed=cfg.seed + t, workdir=workdir)
+    with checkpoint.as_directory() as d:
+        state.store.put_dir(adapter_files(Path(d)), f"iter_{t}/adapter")
+    out = {"pairs": len(pairs), "next_adapter": f"iter_{t}/adapter",
+           "dpo_loss": dpo.get("train_loss", dpo.get("loss", np.nan)),
+           "dpo_reward_accuracy": dpo.get("rewards/accuracies", np.nan),
+           "dpo_reward_margin": dpo.get("rewards/margins", np.nan)}
+    _say(f"iter {t} prefer (DPO): {len(pairs)} pairs, loss {out['dpo_loss']:.4f}, reward accuracy "
+         f"{out['dpo_reward_accuracy']:.2f} -> adapter iter_{t}/adapter")
+    return out
+
+
+def save_iteration(state: LoopState, t: int, anomalies: pa.Table, rejects: pa.Table, ev, row: dict,
+                   cfg: KKAConfig) -> None:
+    """Everything of iteration t, then the state file last: a kill before it leaves t to be redone."""
+    store = state.store
+    store.write_table(f"iter_{t}/anomalies.parquet", anomalies)
+    store.write_table(f"iter_{t}/rejects.parquet", rejects)
+    with ev.evaluator.checkpoint.as_directory() as d:
+        store.put_dir(d, f"iter_{t}/evaluator")
+    store.write_json(f"iter_{t}/metrics.json", row)
+    new_first = anomalies.take(pa.array(np.argsort(-np.asarray(anomalies.column("iteration")), kind="stable")))
+    store.write_bytes(f"iter_{t}/grid.png", anomaly_grid(new_first, cfg.grid_size, f"A_{t}: newest first"))
+    state.rows = [r for r in state.rows if r["iteration"] < t] + [row]
+    state.completed = t
+    store.write_json(STATE, {"completed": t, "rows": state.rows, "baseline": state.baseline})
+
+
+def final_report(cfg: KKAConfig, state: LoopState) -> str:
+    rows, base = state.rows, state.baseline["auroc"]
+    store = state.store
+    store.write_bytes("auroc.png", iteration_curves([r["iteration"] for r in rows], [r["auroc"] for r in rows],
+                                                    [r["hard_share"] for r in rows], base,
+                                                    f"{cfg.name}: {cfg.update.mode} mode"))
+    lines = [f"# KKA run {cfg.name}", "",
+             f"{cfg.dataset.name}, normal: {', '.join(map(str, cfg.normal_classes))}, seed {cfg.seed}, "
+             f"mode {cfg.update.mode}, T = {cfg.update.iterations}", "",
+             "| model | anomalies | hard | hard share | test AUROC % | DPO pairs | DPO reward acc. | seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+             f"| SAD, no anomalies | 0 | | | {base:.1f} | | | {state.baseline['seconds']:.0f} |"]
+    for r in rows:
+        dpo = f"{r['pairs']} | {r.get('dpo_reward_accuracy', float('nan')):.2f}" if "pairs" in r else " | "
+        lines.append(f"| SAD + KKA({r['iteration']}) | {r['anomalies']} | {r['hard']} | {r['hard_share']:.3f} | "
+                     f"{r['auroc']:.1f} | {dpo} | {r['seconds']:.0f} |")
+    lines += ["", f"Outputs in {store.location}: config.yaml, representatives.parquet, iter_<t>/ (anomalies.parquet, "
+              "rejects.parquet, pairs.parquet, evaluator/, adapter/, metrics.json, grid.png), auroc.png, report.md"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""The KKA loop over several normal classes and seeds, summarised as a result record (the paper's Table III:
+SAD without anomalies, SAD + KKA(0) .. KKA(T), means over classes and seeds). Each run is an ordinary loop
+run folder, so an interrupted benchmark resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from kka_ray.config import Strict, load_config
+from kka_ray.figures import iteration_curves
+from kka_ray.loop import STATE, KKAConfig, run_loop
+from kka_ray.metrics import mean_ci
+from kka_ray.records import metric_key, write_record
+from kka_ray.store import RunStore
+
+
+class LoopBenchConfig(Strict):
+    name: str = Field("kka-loop-fmnist", description="Record name: docs/results/<name>.json")
+    classes: list[str | int] = Field(default_factory=lambda: ["shirt", "pullover", "coat"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    loop_config: str = Field("configs/kka/demo.yaml", description="KKA run config every run starts from; its "
+                             "name, normal_classes, seed and run_dir are set per run")
+    loop_overrides: list[str] = Field(default_factory=list, description="`key.path=value` changes to it")
+    run_dir: str = "runs/bench"
+    results_dir: str | None = "docs/results"
+    demo_summary: str | None = Field("runs/kka-demo/summary.json", description="summary.json of the README's "
+                                     "main command, for metrics.demo_minutes (skipped when absent)")
+
+
+def base_loop(cfg: LoopBenchConfig) -> KKAConfig:
+    return load_config(KKAConfig, cfg.loop_config, cfg.loop_overrides)
+
+
+def run_config(cfg: LoopBenchConfig, cls: str | int, seed: int) -> KKAConfig:
+    return base_loop(cfg).model_copy(update={"name": f"{metric_key(str(cls))}-seed{seed}", "normal_classes": [cls],
+                                       "seed": seed, "run_dir": f"{cfg.run_dir}/{cfg.name}"})
+
+
+def run_one(run: KKAConfig) -> dict:
+    """A finished run is read back; a started one resumes; a new one runs."""
+    store = RunStore(f"{run.run_dir}/{run.name}")
+    started = store.exists(STATE)
+    if started and store.read_json(STATE)["completed"] == run.update.iterations:
+        state = store.read_json(STATE)
+        return {"rows": state["rows"], "baseline": state["baseline"]}
+    state = run_loop(run, resume=started)
+    return {"rows": state.rows, "baseline": state.baseline}
+
+
+def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
+    rows = []
+    for (cls, seed), res in results.items():
+        row = {"class": str(cls), "seed": seed, "auroc_no_anomalies": res["baseline"]["auroc"]}
+        for r in res["rows"]:
+            row[f"auroc_kka{r['iteration']}"] = r["auroc"]
+            row[f"hard_share_iter{r['iteration']}"] = r["hard_share"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise(cfg: LoopBenchConfig, df: pd.DataFrame) -> dict[str, float]:
+    T = base_loop(cfg).update.iterations
+    m: dict[str, float] = {"runs": len(df), "iterations": T}
+    for key, col in (("auroc_no_anomalies", "auroc_no_anomalies"), ("auroc_kka0", "auroc_kka0"),
+                     ("auroc_kka_final", f"auroc_kka{T}"), ("hard_share_iter0", "hard_share_iter0"),
+                     ("hard_share_final", f"hard_share_iter{T}")):
+        mean, ci = mean_ci(df[col])
+        m[key] = mean
+        if np.isfinite(ci):
+            m[f"{key}_ci95"] = ci
+    for t in range(1, T):
+        m[f"auroc_kka{t}"] = float(df[f"auroc_kka{t}"].mean())
+        m[f"hard_share_iter{t}"] = float(df[f"hard_share_iter{t}"].mean())
+    for cls, g in df.groupby("class", sort=False):
+        k = metric_key(cls)
+        m[f"auroc_no_anomalies_{k}"] = float(g["auroc_no_anomalies"].mean())
+        m[f"auroc_kka_final_{k}"] = float(g[f"auroc_kka{T}"].mean())
+    if cfg.demo_summary and Path(cfg.demo_summary).is_file():
+        m["demo_minutes"] = float(json.loads(Path(cfg.demo_summary).read_text())["wall_minutes"])
+    return m
+
+
+def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], command: str) -> str:
+    loop = base_loop(cfg)
+    T = loop.update.iterations
+    cols = ["auroc_no_anomalies"] + [f"auroc_kka{t}" for t in range(T + 1)]
+    names = ["no anomalies"] + [f"KKA({t})" for t in range(T + 1)]
+    per_class = df.groupby("class", sort=False)[cols + [f"hard_share_iter{t}" for t in range(T + 1)]].mean()
+    lines = [f"# {cfg.name}", "", f"`{command}`", "",
+             f"SAD (Deep SAD) test AUROC % on {loop.dataset.name}, one class normal, {loop.update.mode} "
+             f"mode, T = {T}; {len(df)} runs ({', '.join(map(str, cfg.classes))} x seeds "
+             f"{', '.join(map(str, cfg.seeds))}). Hard share = share of A_t inside the validation normals' boundary.",
+             "", "| normal class | " + " | ".join(names) + " | " +
+             " | ".join(f"hard share {t}" for t in range(T + 1)) + " |",
+             "| --- |" + " ---: |" * (len(names) + T + 1)]
+    for cls, r in per_class.iterrows():
+        lines.append(f"| {cls} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " | " +
+                     " | ".join(f"{r[f'hard_share_iter{t}']:.3f}" for t in range(T + 1)) + " |")
+    means = [m["auroc_no_anomalies"]] + [float(df[c].mean()) for c in cols[1:]]
+    lines.append("| **mean** | " + " | ".join(f"**{v:.1f}**" for v in means) + " | " +
+                 " | ".join(f"**{df[f'hard_share_iter{t}'].mean():.3f}**" for t in range(T + 1)) + " |")
+    gain = m["auroc_kka_final"] - m["auroc_no_anomalies"]
+    lines += ["", f"KKA({T}) - no anomalies: {gain:+.1f} points (goal: +5); KKA({T}) - KKA(0): "
+              f"{m['auroc_kka_final'] - m['auroc_kka0']:+.1f}; hard share {m['hard_share_iter0']:.3f} -> "
+              f"{m['hard_share_final']:.3f}.", "", f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
+    return "\n".join(lines)
+
+
+def run_loop_bench(cfg: LoopBenchConfig, command: str) -> dict[str, float]:
+    """Every (class, seed) run in turn; the record is rewritten after each, so a partial benchmark is visible
+    (metrics.runs says how many runs it covers)."""
+    results, total, m = {}, len(cfg.classes) * len(cfg.seeds), {}
+    for cls in cfg.classes:
+        for seed in cfg.seeds:
+            results[(cls, seed)] = run_one(run_config(cfg, cls, seed))
+            print(f"[bench] {cls} seed {seed}: done ({len(results)} of {total})", flush=True)
+            m = write(cfg, results, command)
+    return m
+
+
+def write(cfg: LoopBenchConfig, results: dict, command: str) -> dict[str, float]:
+    df = table(cfg, results)
+    m = summarise(cfg, df)
+    T = base_loop(cfg).update.iterations
+    png = iteration_curves(list(range(T + 1)), [float(df[f"auroc_kka{t}"].mean()) for t in range(T + 1)],
+                           [float(df[f"hard_share_iter{t}"].mean()) for t in range(T + 1)],
+                           m["auroc_no_anomalies"], f"{cfg.name}: mean over {len(df)} runs")
+    outs = [Path(cfg.run_dir) / cfg.name] + ([Path(cfg.results_dir)] if cfg.results_dir else [])
+    for out in outs:
+        write_record(cfg.name, m, markdown(cfg, df, m, command), out, command=command,
+                     extra={"config": cfg.model_dump(mode="json"),
+                            "loop_config": base_loop(cfg).model_dump(mode="json"), "runs": df.to_dict("records")})
+        (out / f"{cfg.name}.png").write_bytes(png)
+    return m

@@ -1,0 +1,192 @@
+"""The Serve application: a FastAPI ingress over the Describer, Renderer and (optional) Evaluator deployments.
+
+    serve run kka_ray.serve.app:build config=configs/serve/default.yaml      # or: python jobs/serve.py
+Endpoints: POST /v1/anomalies, GET /v1/models, GET /healthz. With the token variable set, every endpoint but
+/healthz needs `Authorization: Bearer <token>` (401 otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import os
+import time
+
+import numpy as np
+import yaml
+from fastapi import Depends, FastAPI, Header, HTTPException
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from kka_ray.config import load_config
+from kka_ray.serve.config import ServeConfig
+from kka_ray.serve.deployments import Describer, Evaluator, Renderer
+from kka_ray.serve.schemas import Anomaly, AnomalyRequest, AnomalyResponse, ModelsResponse, Provenance
+
+TOKEN_ENV_NAME = "KKA_SERVE_TOKEN_ENV"  # names the variable that holds the token (ServeConfig.token_env)
+
+api = FastAPI(title="kka-ray: on-demand anomaly generation", version="1")
+
+
+def require_token(authorization: str | None = Header(None)) -> None:
+    """Runs before the body is validated, so a request without the token learns nothing but 401."""
+    token = os.environ.get(os.environ.get(TOKEN_ENV_NAME, "KKA_SERVE_TOKEN"))
+    if token and not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def field_error(field: str, msg: str, value) -> HTTPException:
+    return HTTPException(422, [{"loc": ["body", field], "msg": msg, "input": value}])
+
+
+def png_base64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, describer: DeploymentHandle, renderer: DeploymentHandle,
+                 evaluator: DeploymentHandle | None, info: dict, cfg: dict):
+        self.describer, self.renderer, self.evaluator = describer, renderer, evaluator
+        self.info, self.cfg = info, ServeConfig(**cfg)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(require_token)])
+    async def models(self) -> ModelsResponse:
+        return ModelsResponse(**self.info["models"])
+
+    @api.post("/v1/anomalies", response_model=AnomalyResponse, dependencies=[Depends(require_token)])
+    async def anomalies(self, req: AnomalyRequest) -> AnomalyResponse:
+        start = time.time()
+        job = self.job(req)
+        described = await self.describer.options(multiplexed_model_id=job["adapter"]).describe.remote(job)
+        lines = described["lines"]
+        rendered = scored = None
+        if lines and (req.return_images or self.evaluator is not None):
+            rendered = await self.renderer.render.remote({"sentences": [x["sentence"] for x in lines],
+                                                          "seeds": [x["seed"] for x in lines]})
+            if self.evaluator is not None:
+                scored = await self.evaluator.score.remote(rendered["images"])
+        models = self.info["models"]
+        out = []
+        for k, x in enumerate(lines):
+            prov = Provenance(normal_description=x["normal_description"], prompt=x["prompt"], seed=x["seed"],
+                              model=models["language_model"], adapter=job["adapter"], iteration=job["iteration"],
+                              renderer=models["renderer"] if rendered else None,
+                              render_seed=int(rendered["render_seeds"][k]) if rendered else None)
+            out.append(Anomaly(
+                description=x["sentence"], provenance=prov,
+                image_png_base64=png_base64(rendered["images"][k]) if rendered and req.return_images else None,
+                distance=float(scored["distance"][k]) if scored else None,
+                hard=bool(scored["hard"][k]) if scored else None))
+        return AnomalyResponse(anomalies=out, requested=req.count, rejected_lines=described["rejected"],
+                               boundary=scored["boundary"] if scored else None, seconds=time.time() - start)
+
+    def job(self, req: AnomalyRequest) -> dict:
+        """The request checked against the configured limits and resolved to what the Describer needs."""
+        lim = self.cfg.limits
+        if req.count > lim.max_count:
+            raise field_error("count", f"at most {lim.max_count} anomalies per request", req.count)
+        adapters = {int(k): v for k, v in self.info["adapters"].items()}
+        iteration = max(adapters) if req.iteration is None else req.iteration
+        if iteration not in adapters:
+            raise field_error("iteration", f"served iterations: {sorted(adapters)}", req.iteration)
+        if req.dataset is not None:
+            descriptions, domain, names = self.dataset_side(req)
+        else:
+            descriptions, domain, names = req.normal_descriptions, "objects", ()
+            if len(descriptions) > lim.max_descriptions:
+                raise field_error("normal_descriptions", f"at most {lim.max_descriptions}", len(descriptions))
+            for d in descriptions:
+                if not d.strip() or len(d) > lim.max_text_chars:
+                    raise field_error("normal_descriptions", f"each must be 1-{lim.max_text_chars} characters", d)
+        if req.domain is not None:
+            if not req.domain.strip() or len(req.domain) > lim.max_text_chars:
+                raise field_error("domain", f"must be 1-{lim.max_text_chars} characters", req.domain)
+            domain = req.domain
+        return {"descriptions": list(descriptions), "domain": domain, "normal_names": tuple(names),
+                "count": req.count, "seed": req.seed, "adapter": adapters[iteration], "iteration": iteration}
+
+    def dataset_side(self, req: AnomalyRequest) -> tuple[list[str], str, tuple[str, ...]]:
+        from kka_ray.data import DATASETS
+
+        if req.dataset not in DATASETS.names():
+            raise field_error("dataset", f"known datasets: {', '.join(DATASETS.names())}", req.dataset)
+        cls = DATASETS.get(req.dataset)
+        name = req.normal_class.strip()
+        known = getattr(cls, "names", None)  # datasets with a fixed class list check the name against it
+        if not name or len(name) > self.cfg.limits.max_text_chars or (isinstance(known, tuple) and name not in known):
+            raise field_error("normal_class", f"classes of {req.dataset}: {', '.join(known or ())}",
+                              req.normal_class)
+        return list(cls().describe(name)), cls.domain, (name,)
+
+
+def run_info(cfg: ServeConfig) -> tuple[ServeConfig, dict, str | None, float | None]:
+    """What a KKA run folder serves: its generation settings, adapters per iteration, last evaluator and
+    task image size. Without a run: the configured model, iteration 0 only, no evaluator."""
+    from kka_ray.loop import STATE, KKAConfig
+    from kka_ray.store import RunStore
+
+    adapters, evaluator, boundary = {0: ""}, None, None
+    if cfg.run:
+        store = RunStore(cfg.run)
+        if not store.exists(STATE):
+            raise FileNotFoundError(f"serve run={cfg.run}: not a KKA run folder with a completed iteration "
+                                    f"(no {STATE})")
+        run_cfg = KKAConfig.model_validate(yaml.safe_load(store.read_text("config.yaml")))
+        state = store.read_json(STATE)
+        rows = state["rows"]
+        for r in rows:
+            if "next_adapter" in r:
+                adapters[r["iteration"] + 1] = store.uri(r["next_adapter"]) if r["next_adapter"] else ""
+        last = state["completed"]
+        evaluator, boundary = store.path(f"iter_{last}/evaluator"), float(rows[-1]["boundary"])
+        shape = store.read_table(f"iter_{last}/anomalies.parquet").column("image").type.shape
+        knobs = {k: getattr(cfg.generate.lm, k) for k in ("batch_size", "cpus_per_actor", "gpus_per_actor")}
+        lm = run_cfg.generate.lm.model_copy(update=knobs)
+        cfg = cfg.model_copy(update={"generate": run_cfg.generate.model_copy(update={"lm": lm}),
+                                     "image_size": int(shape[0]), "channels": int(shape[2])})
+    return cfg, adapters, evaluator, boundary
+
+
+def build_app(cfg: ServeConfig):
+    """The bound application graph; replica resources follow the LM / render configs (a Serve config file can
+    override them and add autoscaling per deployment)."""
+    from kka_ray.llm import LM_BACKENDS
+    from kka_ray.render import RENDERERS
+
+    cfg, adapters, evaluator_dir, boundary = run_info(cfg)
+    lm, render = cfg.generate.lm, cfg.render
+    models = {"language_model": LM_BACKENDS.get(lm.backend)(lm).model_id(), "backend": lm.backend,
+              "adapters": adapters, "renderer": RENDERERS.get(render.backend)(render).model_id(),
+              "evaluator": evaluator_dir, "run": cfg.run, "image_size": cfg.image_size, "channels": cfg.channels}
+    batch = {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
+    describer = Describer.options(
+        ray_actor_options={"num_cpus": lm.cpus_per_actor, "num_gpus": lm.gpus_per_actor}, num_replicas=lm.actors,
+    ).bind(cfg.generate.model_dump(), max_rounds=cfg.limits.max_rounds, **batch)
+    renderer = Renderer.options(
+        ray_actor_options={"num_cpus": render.cpus_per_actor, "num_gpus": render.gpus_per_actor},
+        num_replicas=render.actors,
+    ).bind(render.model_dump(), cfg.image_size, cfg.channels, **batch)
+    evaluator = (Evaluator.options(ray_actor_options={"num_cpus": 0.25}).bind(evaluator_dir, boundary)
+                 if evaluator_dir else None)
+    env = {TOKEN_ENV_NAME: cfg.token_env}
+    if os.environ.get(cfg.token_env):  # a token set where the app is built reaches the ingress replicas
+        env[cfg.token_env] = os.environ[cfg.token_env]
+    ingress = Ingress.options(ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": env}})
+    return ingress.bind(describer, renderer, evaluator, {"adapters": adapters, "models": models},
+                        cfg.model_dump(mode="json"))
+
+
+def build(args: dict):
+    """Application builder for `serve run` / Serve config files: args `config` (YAML path), `overrides`."""
+    return build_app(load_config(ServeConfig, args.get("config"), list(args.get("overrides", []))))

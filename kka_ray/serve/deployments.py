@@ -1,0 +1,131 @@
+"""The model deployments behind the ingress: the language model (theta_L, with a run's adapters), the renderer
+(theta_S) and, optionally, a run's confusion evaluator (theta_C). Each batches concurrent requests with
+`serve.batch`; the language model loads adapters on demand with `serve.multiplexed`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+from ray import serve
+
+from kka_ray.llm import LM_BACKENDS, LMConfig
+from kka_ray.render import RENDERERS, RenderConfig
+from kka_ray.stages.generate import GenerateConfig, messages_for
+from kka_ray.text.clean import clean
+
+LINES_PER_COMPLETION = 2  # kept lines per completion, measured on SmolLM2 (686 of 300): sizes the first round
+
+
+@serve.deployment
+class Describer:
+    """theta_L: prompts built from the request's normal descriptions, seeded sampling, the pipeline's cleaning."""
+
+    def __init__(self, generate: dict, max_batch_size: int, batch_wait_timeout_s: float, max_rounds: int):
+        self.gen = GenerateConfig(**generate)
+        self.max_rounds = max_rounds
+        self.encoder = None
+        if self.gen.clean.similarity_threshold is not None:
+            from kka_ray.text.encoder import SentenceEncoder
+
+            self.encoder = SentenceEncoder()
+        self.describe.set_max_batch_size(max_batch_size)
+        self.describe.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=3)
+    async def generator(self, adapter: str):
+        lm: LMConfig = self.gen.lm.model_copy(update={"adapter": adapter or None})
+        return await asyncio.to_thread(LM_BACKENDS.get(lm.backend).generator_cls, lm.model_dump())
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def describe(self, jobs: list[dict]) -> list[dict]:
+        """Each job: descriptions, domain, normal_names, count, seed, adapter. Rounds of sampling until every
+        job has `count` kept lines (or max_rounds); jobs that share an adapter share model calls."""
+        results = [{"lines": [], "rejected": 0, "keys": set()} for _ in jobs]
+        for rnd in range(self.max_rounds):
+            todo = [i for i, j in enumerate(jobs) if len(results[i]["lines"]) < j["count"]]
+            if not todo:
+                break
+            for adapter in sorted({jobs[i]["adapter"] for i in todo}):
+                group = [i for i in todo if jobs[i]["adapter"] == adapter]
+                rows = [r for i in group for r in self._rows(jobs[i], i, rnd, results[i])]
+                texts = await self._sample(adapter, rows)
+                for i in group:
+                    self._keep(jobs[i], results[i], [(r, t) for r, t in zip(rows, texts, strict=True)
+                                                     if r["job"] == i])
+        return [{"lines": r["lines"][:j["count"]], "rejected": r["rejected"]} for r, j in zip(results, jobs,
+                                                                                             strict=True)]
+
+    def _rows(self, job: dict, i: int, rnd: int, result: dict) -> list[dict]:
+        missing = job["count"] - len(result["lines"])
+        n = max(1, math.ceil(missing / LINES_PER_COMPLETION))
+        seeds = np.random.SeedSequence([job["seed"], rnd]).generate_state(n)
+        descs = job["descriptions"]
+        return [{"job": i, "normal_description": descs[k % len(descs)], "seed": int(seeds[k]),
+                 "messages": messages_for(self.gen, job["domain"], descs[k % len(descs)])} for k in range(n)]
+
+    async def _sample(self, adapter: str, rows: list[dict]) -> list[str]:
+        model = await self.generator(adapter)
+        texts: list[str] = []
+        size = self.gen.lm.batch_size
+        for s in range(0, len(rows), size):
+            part = rows[s:s + size]
+            messages = np.empty(len(part), dtype=object)  # one cell per row, each a list of chat turns
+            for k, r in enumerate(part):
+                messages[k] = r["messages"]
+            batch = {"messages": messages, "seed": np.array([r["seed"] for r in part])}
+            out = await asyncio.to_thread(model, batch)
+            texts += [str(t) for t in out["generated_text"]]
+        return texts
+
+    def _keep(self, job: dict, result: dict, pairs: list[tuple[dict, str]]) -> None:
+        raw = [{"row_id": k, "text": t, "normal_description": r["normal_description"], "seed": r["seed"],
+                "prompt": r["messages"][-1]["content"]} for k, (r, t) in enumerate(pairs)]
+        kept, rejected = clean(raw, job["normal_names"], (), job["descriptions"], self.gen.clean, self.encoder,
+                               kept_keys=result["keys"])
+        result["lines"] += kept
+        result["rejected"] += len(rejected)
+
+
+@serve.deployment
+class Renderer:
+    """theta_S: one loaded pipeline; concurrent requests' descriptions are rendered together."""
+
+    def __init__(self, render: dict, size: int, channels: int, max_batch_size: int, batch_wait_timeout_s: float):
+        cfg = RenderConfig(**render)
+        self.actor = RENDERERS.get(cfg.backend).actor_cls(cfg.model_dump(), size, channels)
+        self.render.set_max_batch_size(max_batch_size)
+        self.render.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def render(self, jobs: list[dict]) -> list[dict]:
+        """Each job: sentences and seeds -> uint8 images and their render seeds."""
+        sentences = [s for j in jobs for s in j["sentences"]]
+        seeds = [s for j in jobs for s in j["seeds"]]
+        out = await asyncio.to_thread(self.actor, {"sentence": np.array(sentences, dtype=object),
+                                                   "seed": np.array(seeds, dtype=np.int64)})
+        results, start = [], 0
+        for j in jobs:
+            end = start + len(j["sentences"])
+            results.append({"images": out["image"][start:end], "render_seeds": out["render_seed"][start:end]})
+            start = end
+        return results
+
+
+@serve.deployment
+class Evaluator:
+    """theta_C of a KKA run: distance to c, and hard = inside the run's validation boundary (Eq. 6)."""
+
+    def __init__(self, checkpoint_dir: str, boundary: float):
+        import ray.train
+
+        from kka_ray.detectors.deepsad.train import DeepSADScorer
+
+        self.scorer = DeepSADScorer(ray.train.Checkpoint.from_directory(checkpoint_dir))
+        self.boundary = boundary
+
+    async def score(self, images: np.ndarray) -> dict:
+        out = await asyncio.to_thread(self.scorer, {"row": np.arange(len(images)), "image": images})
+        distance = out["score"].astype(float)
+        return {"distance": distance, "hard": distance < self.boundary, "boundary": self.boundary}

@@ -1,0 +1,67 @@
+"""The product's cluster path: `ray start --head`, `ray job submit -- python jobs/kka_loop.py ...`, outputs
+checked, head stopped. The head runs in the foreground (--block) so stopping it leaves other Ray instances
+(the test session's own) alone."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_loop import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def head(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    port, dash = free_port(), free_port()
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--object-store-memory=300000000", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 90
+    while time.time() < deadline:  # the job server answers once the dashboard is up
+        ok = subprocess.run([Path(sys.executable).parent / "ray", "job", "list", "--address", address], env=env,
+                            capture_output=True).returncode == 0
+        if ok:
+            break
+        time.sleep(2)
+    else:
+        proc.terminate()
+        pytest.fail("ray head did not come up within 90 s")
+    yield address, env
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def test_ray_job_submit_runs_the_loop(head, tiny, tmp_path):
+    address, env = head
+    cfg = tiny_config(tiny, tmp_path / "runs", name="submitted", update={"iterations": 1})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"KKA_PROGRESS": "0"}})
+    out = subprocess.run(
+        [Path(sys.executable).parent / "ray", "job", "submit", "--address", address, "--runtime-env-json",
+         runtime_env, "--", "python", "jobs/kka_loop.py", "--config", str(config)],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "succeeded" in out.stdout
+    run = tmp_path / "runs" / "submitted"
+    state = json.loads((run / "state.json").read_text())
+    assert state["completed"] == 1 and (run / "iter_1" / "anomalies.parquet").is_file()
+    assert (run / "report.md").is_file() and (run / "summary.json").is_file()
+    assert "SAD + KKA(1)" in out.stdout  # the job's report reached the submitter's terminal

@@ -1,0 +1,93 @@
+"""The whole KKA loop on tiny models (tiny Llama, tiny diffusion pipeline) and Fashion-MNIST: two DPO rounds,
+checkpoints, resume after a stop between iterations, and the error paths of a run folder."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from tiny_loop import tiny_config
+
+from kka_ray.config import ConfigError
+from kka_ray.loop import load_run_config, run_loop
+
+# Timing columns differ between runs by nature; everything else must be identical.
+TIMING = {"generation_seconds", "batch_start", "batch_end", "render_seconds"}
+
+
+def stable(table):
+    return table.drop_columns([c for c in table.column_names if c in TIMING])
+
+
+def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
+    cfg, state = tiny_run
+    root = state.store.path("")
+    assert state.completed == 2 and [r["iteration"] for r in state.rows] == [0, 1, 2]
+    n0 = state.rows[0]["anomalies"]
+    for t in range(3):
+        a = pq.read_table(f"{root}/iter_{t}/anomalies.parquet")
+        assert len(a) == n0  # rep mode keeps |A| fixed
+        for col in ("anomaly_id", "sentence", "prompt", "image", "score", "hard", "iteration", "model", "adapter",
+                    "renderer", "render_seed", "seed", "judged_iteration"):
+            assert col in a.column_names, (t, col)
+        assert set(a.column("judged_iteration").to_pylist()) == {t}
+        assert max(a.column("iteration").to_pylist()) <= t
+        assert state.store.exists(f"iter_{t}/evaluator/deepsad.pt"), t
+        assert json.loads(state.store.read_text(f"iter_{t}/metrics.json"))["iteration"] == t
+        row = state.rows[t]
+        assert row["hard"] + row["easy"] == n0 and row["hard"] == sum(a.column("hard").to_pylist())
+        assert 0 <= row["auroc"] <= 100
+    adapter = ""  # the model that generates: the base, then the latest DPO adapter
+    for t in range(3):
+        adapters = set(pq.read_table(f"{root}/iter_{t}/anomalies.parquet").filter(
+            pc.equal(pc.field("iteration"), t)).column("adapter").to_pylist())
+        assert adapters <= {adapter}, t  # (rep mode may keep no new anomaly when all were hard)
+        if t == 2:
+            break
+        row = state.rows[t]
+        # DPO runs exactly when the split gave both hard and easy anomalies, and then the next iteration uses it
+        assert (row["pairs"] > 0) == (row["hard"] > 0 and row["easy"] > 0), t
+        assert state.store.exists(f"iter_{t}/adapter/adapter_config.json") == (row["pairs"] > 0)
+        adapter = f"iter_{t}/adapter" if row["pairs"] else adapter
+        assert row["next_adapter"] == adapter
+    assert adapter, "no DPO round ran in the tiny loop: retune tiny_config's split.quantile so one does"
+    for f in ("config.yaml", "representatives.parquet", "report.md", "auroc.png", "iter_0/grid.png"):
+        assert state.store.exists(f), f
+    assert "SAD + KKA(2)" in state.store.read_text("report.md")
+
+
+def test_resume_after_a_stop_gives_identical_tables(tiny_run, tiny, tmp_path):
+    cfg, state = tiny_run
+    other = tiny_config(tiny, tmp_path)
+    stopped = run_loop(other, stop_after=0)
+    assert stopped.completed == 0 and not stopped.store.exists("iter_1")
+    with pytest.raises(ConfigError, match="--resume"):
+        run_loop(other)  # the folder holds a run: refuse to start over it
+    resumed = run_loop(load_run_config(stopped.store.location, []), resume=True)
+    assert resumed.completed == 2
+    for t in range(3):
+        for name in ("anomalies", "rejects"):
+            a = stable(pq.read_table(f"{state.store.path('')}/iter_{t}/{name}.parquet"))
+            b = stable(pq.read_table(f"{resumed.store.path('')}/iter_{t}/{name}.parquet"))
+            assert a.equals(b), (t, name)
+    assert [r["auroc"] for r in resumed.rows] == [r["auroc"] for r in state.rows]
+
+
+def test_resume_refuses_changes_and_unknown_folders(tiny_run, tmp_path):
+    _, state = tiny_run
+    with pytest.raises(ConfigError, match="evaluator.epochs"):
+        load_run_config(state.store.location, ["evaluator.epochs=5"])
+    assert load_run_config(state.store.location, ["update.iterations=3"]).update.iterations == 3
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        load_run_config(str(tmp_path), [])
+    with pytest.raises(ConfigError, match="cannot go further"):  # iteration 2 had no DPO after it
+        run_loop(load_run_config(state.store.location, ["update.iterations=3"]), resume=True)
+
+
+def test_job_script_reports_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("update:\n  mode: swap\n")
+    out = subprocess.run([sys.executable, "jobs/kka_loop.py", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode != 0 and "update.mode" in out.stderr and "swap" in out.stderr

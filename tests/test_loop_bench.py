@@ -1,0 +1,46 @@
+"""The loop benchmark's summary (the paper's Table III over classes and seeds) from hand-made run results."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kka_ray.loop_bench import LoopBenchConfig, markdown, run_config, summarise, table, write
+
+
+def result(base, aurocs, shares):
+    rows = [{"iteration": t, "auroc": a, "hard_share": s} for t, (a, s) in enumerate(zip(aurocs, shares, strict=True))]
+    return {"baseline": {"auroc": base}, "rows": rows}
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    demo = tmp_path / "demo.json"
+    demo.write_text(json.dumps({"wall_minutes": 14.5}))
+    return LoopBenchConfig(classes=["shirt", "t-shirt"], seeds=[0, 1], run_dir=str(tmp_path / "runs"),
+                           results_dir=str(tmp_path / "results"), demo_summary=str(demo))
+
+
+def test_summary_means_and_keys(cfg):
+    results = {("shirt", 0): result(70, [72, 74, 76], [0.1, 0.2, 0.3]),
+               ("shirt", 1): result(72, [74, 76, 78], [0.1, 0.3, 0.5]),
+               ("t-shirt", 0): result(80, [80, 81, 82], [0.0, 0.1, 0.2]),
+               ("t-shirt", 1): result(82, [82, 83, 84], [0.2, 0.2, 0.2])}
+    df = table(cfg, results)
+    m = summarise(cfg, df)
+    assert m["runs"] == 4 and m["auroc_no_anomalies"] == 76 and m["auroc_kka0"] == 77
+    assert m["auroc_kka_final"] == 80 and m["auroc_kka1"] == 78.5
+    assert m["hard_share_iter0"] == pytest.approx(0.1) and m["hard_share_final"] == pytest.approx(0.3)
+    assert m["auroc_kka_final_t_shirt"] == 83 and m["auroc_no_anomalies_shirt"] == 71
+    assert m["demo_minutes"] == 14.5 and m["auroc_kka_final_ci95"] > 0
+    page = markdown(cfg, df, m, "python jobs/bench_kka.py")
+    assert "| shirt | 71.0 | 73.0 | 75.0 | 77.0 |" in page and "+4.0 points" in page
+    write(cfg, results, "cmd")
+    record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
+    assert record["metrics"]["runs"] == 4 and len(record["runs"]) == 4
+
+
+def test_run_config_per_class_and_seed(cfg):
+    run = run_config(cfg, "t-shirt", 1)
+    assert (run.name, run.normal_classes, run.seed) == ("t_shirt-seed1", ["t-shirt"], 1)
+    assert run.run_dir.endswith("runs/kka-loop-fmnist") and run.update.mode == "rep"

@@ -1,0 +1,113 @@
+"""The Serve application over real HTTP on 127.0.0.1, serving the tiny KKA run (its adapters and evaluator)."""
+
+import base64
+import io
+import os
+import socket
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from kka_ray.config import load_config
+from kka_ray.serve.config import ServeConfig
+
+TOKEN_ENV = "KKA_TEST_SERVE_TOKEN"
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture(scope="module")
+def service(tiny_run, tiny):
+    from ray import serve
+
+    from kka_ray.serve.app import build_app
+
+    _, state = tiny_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(ServeConfig, None, [
+        f"run={state.store.location}", f"render.model={tiny['sd']}", "render.steps=2", "render.cpus_per_actor=0.5",
+        "generate.lm.cpus_per_actor=0.5", f"token_env={TOKEN_ENV}", f"port={port}", "limits.max_count=10",
+        "limits.max_descriptions=2", "limits.max_text_chars=40"])
+    os.environ[TOKEN_ENV] = "s3cret"
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name="kka-test", route_prefix="/")
+    yield f"http://127.0.0.1:{port}", state
+    serve.shutdown()
+    del os.environ[TOKEN_ENV]
+
+
+def post(url, body, headers=AUTH):
+    return requests.post(f"{url}/v1/anomalies", json=body, headers=headers, timeout=300)
+
+
+def test_health_needs_no_token_and_models_do(service):
+    url, state = service
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    assert requests.get(f"{url}/v1/models", timeout=30).status_code == 401
+    assert requests.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"}, timeout=30).status_code == 401
+    models = requests.get(f"{url}/v1/models", headers=AUTH, timeout=30).json()
+    assert models["run"] == state.store.location and models["evaluator"].endswith("iter_2/evaluator")
+    assert sorted(models["adapters"]) == ["0", "1", "2"] and models["adapters"]["0"] == ""
+    rows = state.rows  # iteration t + 1 is served with the adapter that generated it
+    for t in (1, 2):
+        expected = rows[t - 1]["next_adapter"]
+        assert models["adapters"][str(t)] == (state.store.uri(expected) if expected else "")
+    assert (models["image_size"], models["channels"]) == (28, 1)
+
+
+def test_valid_request_returns_images_hardness_and_provenance(service):
+    url, _ = service
+    r = post(url, {"normal_descriptions": ["a photo of a shirt"], "count": 3, "seed": 5, "iteration": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert 0 < len(body["anomalies"]) <= 3 and body["requested"] == 3 and body["boundary"] is not None
+    for a in body["anomalies"]:
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(a["image_png_base64"]))))
+        assert img.shape == (28, 28) and img.dtype == np.uint8
+        assert isinstance(a["distance"], float) and a["hard"] == (a["distance"] < body["boundary"])
+        p = a["provenance"]
+        assert p["iteration"] == 2 and p["adapter"].endswith("/adapter") and p["seed"] >= 0
+        assert p["normal_description"] == "a photo of a shirt" and "a photo of a shirt" in p["prompt"]
+    again = post(url, {"normal_descriptions": ["a photo of a shirt"], "count": 3, "seed": 5, "iteration": 2}).json()
+    assert [a["description"] for a in again["anomalies"]] == [a["description"] for a in body["anomalies"]]
+
+
+def test_adapter_selection_and_dataset_requests(service):
+    url, _ = service
+    base = post(url, {"dataset": "fashion_mnist", "normal_class": "shirt", "count": 2, "iteration": 0,
+                      "return_images": False}).json()
+    last = post(url, {"dataset": "fashion_mnist", "normal_class": "shirt", "count": 2,
+                      "return_images": False}).json()  # no iteration: the run's last
+    assert {a["provenance"]["adapter"] for a in base["anomalies"]} == {""}
+    assert {a["provenance"]["iteration"] for a in last["anomalies"]} == {2}
+    assert all(a["provenance"]["adapter"].endswith("/adapter") for a in last["anomalies"])
+    assert all(a["image_png_base64"] is None and a["distance"] is not None for a in base["anomalies"])
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"normal_descriptions": ["a shirt"], "count": 0}, "count"),
+    ({"normal_descriptions": ["a shirt"], "count": 11}, "count"),
+    ({"normal_descriptions": ["a shirt"], "count": 1, "iteration": 7}, "iteration"),
+    ({"normal_descriptions": ["a shirt"] * 3, "count": 1}, "normal_descriptions"),
+    ({"normal_descriptions": ["x" * 41], "count": 1}, "normal_descriptions"),
+    ({"normal_descriptions": [], "count": 1}, "normal_descriptions"),
+    ({"dataset": "imagenet", "normal_class": "cat", "count": 1}, "dataset"),
+    ({"dataset": "fashion_mnist", "normal_class": "cat", "count": 1}, "normal_class"),
+    ({"normal_descriptions": ["a shirt"], "domain": "y" * 41}, "domain"),
+    ({"normal_descriptions": ["a shirt"], "colour": "red"}, "colour"),
+    ({"count": 1}, "normal_descriptions"),
+])
+def test_bad_requests_get_422_naming_the_field(service, body, field):
+    url, _ = service
+    r = post(url, body)
+    assert r.status_code == 422, r.text
+    assert field in r.text
+
+
+def test_missing_or_wrong_token_is_401_before_validation(service):
+    url, _ = service
+    assert post(url, {"count": 0}, headers={}).status_code == 401
+    assert post(url, {"normal_descriptions": ["a shirt"]}, headers={"Authorization": "Bearer x"}).status_code == 401
