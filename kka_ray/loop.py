@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 from pydantic import Field, ValidationError
 
@@ -31,10 +30,18 @@ from kka_ray.config import (
 )
 from kka_ray.data import build_dataset, make_task
 from kka_ray.detectors import build_detector
+from kka_ray.detectors.deepsad import DeepSAD
 from kka_ray.figures import anomaly_grid, iteration_curves
 from kka_ray.metrics import auroc
 from kka_ray.render import RenderConfig
-from kka_ray.stages.evaluate import SplitConfig, anomaly_set, evaluate, with_split
+from kka_ray.stages.evaluate import (
+    SplitConfig,
+    anomaly_set,
+    fit_evaluator,
+    hard_easy_split,
+    judge,
+    with_split,
+)
 from kka_ray.stages.generate import GenerateConfig, normal_context
 from kka_ray.stages.prefer import PreferConfig, adapter_files, build_pairs, run_dpo
 from kka_ray.stages.render import anomaly_stream, collect
@@ -117,9 +124,7 @@ def _say(msg: str) -> None:
     print(f"[kka] {msg}", flush=True)
 
 
-def _fit_and_test(cfg: DeepSADConfig, task, anomalies, seed: int, workdir: Path) -> float:
-    det = build_detector(cfg)
-    det.fit(task.train_normal, anomalies, seed=seed, workdir=workdir)
+def _test_auroc(det, task) -> float:
     return 100 * auroc(task.test_targets, det.score(task.test.images))
 
 
@@ -159,14 +164,23 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
     reps = _representatives(state, task, cfg)
     ctx = normal_context(task, cfg.generate)
     _say(f"select: {len(reps)} representatives: " + "; ".join(r.description for r in reps))
-    if not state.baseline:
+    if state.completed < 0:  # theta_C without anomalies judges iteration 0's candidates
         start = time.time()
-        score = _fit_and_test(cfg.detector or cfg.evaluator, task, None, cfg.seed, workdir)
-        state.baseline = {"auroc": score, "seconds": time.time() - start}
-        _say(f"SAD without anomalies: test AUROC {score:.1f} ({state.baseline['seconds']:.0f} s)")
-    previous = store.read_table(f"iter_{state.completed}/anomalies.parquet") if state.completed >= 0 else None
+        judge_model, _ = fit_evaluator(task, None, cfg.evaluator, seed=cfg.seed, workdir=workdir)
+        baseline = judge_model
+        if cfg.detector is not None:
+            baseline = build_detector(cfg.detector)
+            baseline.fit(task.train_normal, None, seed=cfg.seed, workdir=workdir)
+        state.baseline = {"auroc": _test_auroc(baseline, task), "seconds": time.time() - start}
+        _say(f"SAD without anomalies: test AUROC {state.baseline['auroc']:.1f} ({state.baseline['seconds']:.0f} s)")
+        previous = None
+    else:
+        last = f"iter_{state.completed}"
+        judge_model = DeepSAD.from_checkpoint(cfg.evaluator, store.path(f"{last}/evaluator"), store.fs)
+        previous = store.read_table(f"{last}/anomalies.parquet")
     for t in range(state.completed + 1, T + 1):
-        previous = run_iteration(cfg, state, task, reps, ctx, t, previous, (size, channels), workdir)
+        previous, judge_model = run_iteration(cfg, state, task, reps, ctx, t, previous, judge_model,
+                                              (size, channels), workdir)
         if stop_after is not None and t >= stop_after and t < T:
             _say(f"stopped after iteration {t} as asked; continue with --resume {store.location}")
             return state
@@ -177,7 +191,9 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
 
 
 def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, previous: pa.Table | None,
-                  shape: tuple[int, int], workdir: Path) -> pa.Table:
+                  judge_model: DeepSAD, shape: tuple[int, int], workdir: Path) -> tuple[pa.Table, DeepSAD]:
+    """Generate and render N_t, judge it with the current theta_C, update A, fit theta_C on A_t (SAD + KKA(t)),
+    and for t < T tune the language model on N_t's hard / easy pairs."""
     store, T, start = state.store, cfg.update.iterations, time.time()
     adapter = state.rows[-1]["next_adapter"] if state.rows else ""  # run-relative; "" = the base model
     lm = cfg.generate.lm.model_copy(update={"adapter": store.uri(adapter) if adapter else None})
@@ -188,37 +204,40 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     _say(f"iter {t} generate+render: {len(new)} anomalies, {len(rendered.rejects)} lines rejected "
          f"({rendered.stats['seconds']:.0f} s)")
     if len(new) == 0:
-        raise RuntimeError(f"iteration {t}: every generated line was rejected; see the rejects in the log above")
-    anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode, seed=cfg.seed + t)
+        raise RuntimeError(f"iteration {t}: every generated line was rejected; see {store.location}/iter_{t}")
+    sp = judge(judge_model, new, task.val_normal, cfg.split.quantile)
+    new = with_split(new, sp, t)
+    _say(f"iter {t} split (theta_C of A_{t - 1}): hard {sp.hard_count}, easy {sp.easy_count} of the new "
+         f"(hard share {sp.hard_share:.3f}, boundary {sp.threshold:.4g})")
+    anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode)
     _say(f"iter {t} update ({cfg.update.mode}): |A_{t}| = {len(anomalies)}, by origin iteration "
          f"{origin_counts(anomalies)}")
-    ev = evaluate(task, anomalies, cfg.evaluator, cfg.split, seed=cfg.seed + t, workdir=workdir)
-    anomalies = with_split(anomalies, ev, t)
-    sp = ev.split
-    _say(f"iter {t} evaluate+split: hard {sp.hard_count}, easy {sp.easy_count} (hard share {sp.hard_share:.3f}, "
-         f"boundary {sp.threshold:.4g})")
-    # Test images are read only here, after theta_C and the split of this iteration are final.
-    if cfg.detector is None:
-        score = 100 * auroc(task.test_targets, ev.evaluator.score(task.test.images))
-    else:
-        score = _fit_and_test(cfg.detector, task, anomaly_set(anomalies), cfg.seed + t, workdir)
-    _say(f"iter {t} SAD + KKA({t}): test AUROC {score:.1f}")
+    evaluator, fit = fit_evaluator(task, anomalies, cfg.evaluator, seed=cfg.seed + t, workdir=workdir)
+    reported = evaluator
+    if cfg.detector is not None:
+        reported = build_detector(cfg.detector)
+        reported.fit(task.train_normal, anomaly_set(anomalies), seed=cfg.seed + t, workdir=workdir)
+    # Test images are read only here, after this iteration's split and training are final.
+    score = _test_auroc(reported, task)
+    _say(f"iter {t} evaluate: SAD + KKA({t}) test AUROC {score:.1f}")
+    hard_set = int(anomalies.column("hard").to_numpy(zero_copy_only=False).sum())
     row = {"iteration": t, "anomalies": len(anomalies), "new": len(new), "rejected": len(rendered.rejects),
-           "hard": sp.hard_count, "easy": sp.easy_count, "hard_share": sp.hard_share,
-           "hard_new": int(anomalies.filter(pc.equal(anomalies.column("iteration"), t))
-                           .column("hard").to_numpy(zero_copy_only=False).sum()),
-           "boundary": sp.threshold, "auroc": score, "evaluator_loss": float(ev.fit_metrics.get("loss", np.nan)),
+           "hard": sp.hard_count, "easy": sp.easy_count, "hard_share": sp.hard_share, "hard_in_set": hard_set,
+           "boundary": sp.threshold, "auroc": score, "evaluator_loss": float(fit.get("loss", np.nan)),
+           "evaluator_boundary": hard_easy_split(np.empty(0), evaluator.score(task.val_normal.images),
+                                                 cfg.split.quantile).threshold,
            "images_per_s": rendered.stats.get("images_per_s", 0.0)}
     if t < T:
-        row.update(prefer(cfg, state, anomalies, gen, lm, ctx.domain, t, adapter, workdir))
+        row.update(prefer(cfg, state, new, gen, lm, ctx.domain, t, adapter, workdir))
     row["seconds"] = time.time() - start
-    save_iteration(state, t, anomalies, _relative_adapter(rendered.rejects, adapter), ev, row, cfg)
-    return anomalies
+    save_iteration(state, t, anomalies, _relative_adapter(rendered.rejects, adapter), evaluator, row, cfg)
+    return anomalies, evaluator
 
 
 def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateConfig, lm, domain: str, t: int,
            adapter: str, workdir: Path) -> dict:
-    """Eq. 7: DPO on this iteration's pairs. With no pair (no hard or no easy anomaly) the model stays as it is."""
+    """Eq. 7: DPO on pairs of this iteration's judged new anomalies (what the current model wrote). With no pair
+    (no hard or no easy one) the model stays as it is."""
     pairs = build_pairs(anomalies, gen, domain, cfg.prefer, seed=cfg.seed + t)
     state.store.write_table(f"iter_{t}/pairs.parquet", pairs)
     if len(pairs) == 0:
@@ -236,13 +255,13 @@ def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateC
     return out
 
 
-def save_iteration(state: LoopState, t: int, anomalies: pa.Table, rejects: pa.Table, ev, row: dict,
-                   cfg: KKAConfig) -> None:
+def save_iteration(state: LoopState, t: int, anomalies: pa.Table, rejects: pa.Table, evaluator: DeepSAD,
+                   row: dict, cfg: KKAConfig) -> None:
     """Everything of iteration t, then the state file last: a kill before it leaves t to be redone."""
     store = state.store
     store.write_table(f"iter_{t}/anomalies.parquet", anomalies)
     store.write_table(f"iter_{t}/rejects.parquet", rejects)
-    with ev.evaluator.checkpoint.as_directory() as d:
+    with evaluator.checkpoint.as_directory() as d:
         store.put_dir(d, f"iter_{t}/evaluator")
     store.write_json(f"iter_{t}/metrics.json", row)
     new_first = anomalies.take(pa.array(np.argsort(-np.asarray(anomalies.column("iteration")), kind="stable")))
@@ -260,14 +279,15 @@ def final_report(cfg: KKAConfig, state: LoopState) -> str:
                                                     f"{cfg.name}: {cfg.update.mode} mode"))
     lines = [f"# KKA run {cfg.name}", "",
              f"{cfg.dataset.name}, normal: {', '.join(map(str, cfg.normal_classes))}, seed {cfg.seed}, "
-             f"mode {cfg.update.mode}, T = {cfg.update.iterations}", "",
-             "| model | anomalies | hard | hard share | test AUROC % | DPO pairs | DPO reward acc. | seconds |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-             f"| SAD, no anomalies | 0 | | | {base:.1f} | | | {state.baseline['seconds']:.0f} |"]
+             f"mode {cfg.update.mode}, T = {cfg.update.iterations}. Hard = a new anomaly that the previous "
+             "iteration's theta_C places inside the validation normals' boundary.", "",
+             "| model | A_t | new | hard of new | hard share | test AUROC % | DPO pairs | DPO reward acc. | seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+             f"| SAD, no anomalies | 0 | | | | {base:.1f} | | | {state.baseline['seconds']:.0f} |"]
     for r in rows:
         dpo = f"{r['pairs']} | {r.get('dpo_reward_accuracy', float('nan')):.2f}" if "pairs" in r else " | "
-        lines.append(f"| SAD + KKA({r['iteration']}) | {r['anomalies']} | {r['hard']} | {r['hard_share']:.3f} | "
-                     f"{r['auroc']:.1f} | {dpo} | {r['seconds']:.0f} |")
+        lines.append(f"| SAD + KKA({r['iteration']}) | {r['anomalies']} | {r['new']} | {r['hard']} | "
+                     f"{r['hard_share']:.3f} | {r['auroc']:.1f} | {dpo} | {r['seconds']:.0f} |")
     lines += ["", f"Outputs in {store.location}: config.yaml, representatives.parquet, iter_<t>/ (anomalies.parquet, "
               "rejects.parquet, pairs.parquet, evaluator/, adapter/, metrics.json, grid.png), auroc.png, report.md"]
     return "\n".join(lines) + "\n"

@@ -4,13 +4,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kka_ray.stages.evaluate import hard_easy_split, with_split
+from kka_ray.stages.evaluate import Split, hard_easy_split, with_split
 from kka_ray.stages.generate import GenerateConfig
 from kka_ray.stages.prefer import PreferConfig, build_pairs, dpo_records
 from kka_ray.stages.update import origin_counts, update_anomalies
 
 
-def table(n, iteration=0, hard=None, score=None, clusters=None):
+def table(n, iteration=0, hard=None, margin=None, clusters=None):
     cols = {
         "anomaly_id": [f"i{iteration}-{k}" for k in range(n)],
         "iteration": np.full(n, iteration),
@@ -20,8 +20,7 @@ def table(n, iteration=0, hard=None, score=None, clusters=None):
         "image": pa.FixedShapeTensorArray.from_numpy_ndarray(np.full((n, 4, 4, 1), iteration, np.uint8)),
     }
     if hard is not None:
-        cols["hard"], cols["score"] = np.asarray(hard), np.asarray(score, dtype=float)
-        cols["judged_iteration"] = np.full(n, iteration)
+        cols["hard"], cols["margin"] = np.asarray(hard), np.asarray(margin, dtype=float)
     return pa.table(cols)
 
 
@@ -40,52 +39,48 @@ def test_split_quantile_and_errors():
         hard_easy_split(np.array([1.0]), np.array([]))
 
 
-def test_with_split_replaces_older_judgements():
-    a = table(3, hard=[True, False, False], score=[0, 9, 9])
-
-    class Ev:
-        anomaly_scores = np.array([1.0, 2.0, 3.0])
-        split = hard_easy_split(anomaly_scores, np.array([2.5]))
-
-    out = with_split(a, Ev, iteration=4)
-    assert out.column_names.count("hard") == 1
+def test_with_split_records_distance_boundary_and_verdict():
+    s = hard_easy_split(np.array([1.0, 2.0, 3.0]), np.array([2.5]))
+    out = with_split(table(3), s, iteration=4)
     assert out.column("hard").to_pylist() == [True, True, False]
-    assert out.column("judged_iteration").to_pylist() == [4, 4, 4]
+    assert out.column("margin").to_pylist() == pytest.approx([0.4, 0.8, 1.2])
+    assert out.column("boundary").to_pylist() == [2.5] * 3 and out.column("judged_iteration").to_pylist() == [4] * 3
+    assert isinstance(s, Split) and s.scores.tolist() == [1.0, 2.0, 3.0]
 
 
-def test_rep_replaces_easiest_easy_keeps_hard_and_count():
-    prev = table(6, iteration=0, hard=[True, False, False, True, False, False], score=[1, 5, 9, 2, 7, 3])
-    new = table(3, iteration=1)
-    out = update_anomalies(prev, new, "rep", seed=0)
+def test_rep_replaces_easiest_easy_with_hardest_new_and_keeps_count():
+    prev = table(6, iteration=0, hard=[True, False, False, True, False, True], margin=[0.5, 1.5, 3, 0.9, 2, 0.8])
+    new = table(4, iteration=1, hard=[False, True, False, False], margin=[1.4, 0.7, 5.0, 1.2])
+    out = update_anomalies(prev, new, "rep")
     assert len(out) == 6
-    kept = [i for i in out.column("anomaly_id").to_pylist() if i.startswith("i0")]
-    # the three easiest easy ones (scores 9, 7, 5) go; hard i0-0, i0-3 and the least easy i0-5 stay
-    assert kept == ["i0-0", "i0-3", "i0-5"]
+    ids = out.column("anomaly_id").to_pylist()
+    # the three easy ones go, the hard i0-0, i0-3, i0-5 stay; the three hardest new ones (margins 0.7, 1.2,
+    # 1.4, not 5.0) come in, in generation order
+    assert ids == ["i0-0", "i0-3", "i0-5", "i1-0", "i1-1", "i1-3"]
     assert origin_counts(out) == {0: 3, 1: 3}
-    assert "hard" not in out.column_names and "score" not in out.column_names
+    assert out.column("hard").to_pylist() == [True, True, True, False, True, False]  # verdicts kept
 
 
 def test_rep_with_fewer_new_than_easy_and_add_mode():
-    prev = table(4, hard=[False] * 4, score=[1, 2, 3, 4])
-    out = update_anomalies(prev, table(2, iteration=1), "rep", seed=0)
-    assert len(out) == 4 and origin_counts(out) == {0: 2, 1: 2}
-    assert sorted(out.column("anomaly_id").to_pylist())[:2] == ["i0-0", "i0-1"]  # the closer easy ones stay
-    out = update_anomalies(prev, table(5, iteration=1), "add", seed=0)
-    assert len(out) == 9 and origin_counts(out) == {0: 4, 1: 5}
+    prev = table(4, hard=[False] * 4, margin=[1, 2, 3, 4])
+    new = table(2, iteration=1, hard=[False, False], margin=[2, 2])
+    out = update_anomalies(prev, new, "rep")
+    assert out.column("anomaly_id").to_pylist() == ["i0-0", "i0-1", "i1-0", "i1-1"]  # the closer easy ones stay
+    new5 = table(5, iteration=1, hard=[False] * 5, margin=[2] * 5)
+    assert origin_counts(update_anomalies(prev, new5, "add")) == {0: 4, 1: 5}
     with pytest.raises(ValueError, match="'add' or 'rep'"):
-        update_anomalies(prev, table(1, iteration=1), "swap", seed=0)
+        update_anomalies(prev, new, "swap")
 
 
-def test_rep_draw_is_seeded():
-    prev = table(4, hard=[False] * 4, score=[1, 2, 3, 4])
-    ids = [update_anomalies(prev, table(10, iteration=1), "rep", seed=s).column("anomaly_id").to_pylist()
-           for s in (0, 0, 1)]
-    assert ids[0] == ids[1] and ids[0] != ids[2]
+def test_rep_keeps_everything_when_all_are_hard():
+    prev = table(3, hard=[True] * 3, margin=[0.1, 0.2, 0.3])
+    out = update_anomalies(prev, table(3, iteration=1, hard=[True] * 3, margin=[0.1] * 3), "rep")
+    assert out.column("anomaly_id").to_pylist() == prev.column("anomaly_id").to_pylist()
 
 
 def test_pairs_within_a_prompt_with_fallback_and_cap():
     gen = GenerateConfig()
-    a = table(7, hard=[True, False, False, True, True, False, False], score=[0] * 7,
+    a = table(7, hard=[True, False, False, True, True, False, False], margin=[0] * 7,
               clusters=[0, 0, 0, 1, 2, 2, 2])
     pairs = build_pairs(a, gen, "clothing items", PreferConfig(pairs_per_hard=2), seed=0)
     rows = pairs.to_pylist()
@@ -107,7 +102,7 @@ def test_pairs_within_a_prompt_with_fallback_and_cap():
 
 def test_no_pairs_without_hard_or_easy():
     gen = GenerateConfig()
-    none_hard = table(3, hard=[False] * 3, score=[1, 2, 3])
-    all_hard = table(3, hard=[True] * 3, score=[1, 2, 3])
+    none_hard = table(3, hard=[False] * 3, margin=[1, 2, 3])
+    all_hard = table(3, hard=[True] * 3, margin=[1, 2, 3])
     assert len(build_pairs(none_hard, gen, "x", PreferConfig(), seed=0)) == 0
     assert len(build_pairs(all_hard, gen, "x", PreferConfig(), seed=0)) == 0

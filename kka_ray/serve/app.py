@@ -5,8 +5,8 @@ Endpoints: POST /v1/anomalies, GET /v1/models, GET /healthz. With the token vari
 /healthz needs `Authorization: Bearer <token>` (401 otherwise).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime to tell the
+# request body from query parameters.
 import base64
 import hmac
 import io
@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from kka_ray.config import load_config
 from kka_ray.serve.config import ServeConfig
-from kka_ray.serve.deployments import Describer, Evaluator, Renderer
+from kka_ray.serve.deployments import BASE, Describer, Evaluator, Renderer
 from kka_ray.serve.schemas import Anomaly, AnomalyRequest, AnomalyResponse, ModelsResponse, Provenance
 
 TOKEN_ENV_NAME = "KKA_SERVE_TOKEN_ENV"  # names the variable that holds the token (ServeConfig.token_env)
@@ -68,7 +68,7 @@ class Ingress:
     async def anomalies(self, req: AnomalyRequest) -> AnomalyResponse:
         start = time.time()
         job = self.job(req)
-        described = await self.describer.options(multiplexed_model_id=job["adapter"]).describe.remote(job)
+        described = await self.describer.options(multiplexed_model_id=job["adapter"] or BASE).describe.remote(job)
         lines = described["lines"]
         rendered = scored = None
         if lines and (req.return_images or self.evaluator is not None):
@@ -149,7 +149,7 @@ def run_info(cfg: ServeConfig) -> tuple[ServeConfig, dict, str | None, float | N
             if "next_adapter" in r:
                 adapters[r["iteration"] + 1] = store.uri(r["next_adapter"]) if r["next_adapter"] else ""
         last = state["completed"]
-        evaluator, boundary = store.path(f"iter_{last}/evaluator"), float(rows[-1]["boundary"])
+        evaluator, boundary = store.path(f"iter_{last}/evaluator"), float(rows[-1]["evaluator_boundary"])
         shape = store.read_table(f"iter_{last}/anomalies.parquet").column("image").type.shape
         knobs = {k: getattr(cfg.generate.lm, k) for k in ("batch_size", "cpus_per_actor", "gpus_per_actor")}
         lm = run_cfg.generate.lm.model_copy(update=knobs)

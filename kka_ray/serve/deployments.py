@@ -15,6 +15,7 @@ from kka_ray.render import RENDERERS, RenderConfig
 from kka_ray.stages.generate import GenerateConfig, messages_for
 from kka_ray.text.clean import clean
 
+BASE = "base"  # multiplexed model id of the model without adapter (Serve refuses an empty id)
 LINES_PER_COMPLETION = 2  # kept lines per completion, measured on SmolLM2 (686 of 300): sizes the first round
 
 
@@ -34,8 +35,8 @@ class Describer:
         self.describe.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     @serve.multiplexed(max_num_models_per_replica=3)
-    async def generator(self, adapter: str):
-        lm: LMConfig = self.gen.lm.model_copy(update={"adapter": adapter or None})
+    async def generator(self, model_id: str):
+        lm: LMConfig = self.gen.lm.model_copy(update={"adapter": None if model_id == BASE else model_id})
         return await asyncio.to_thread(LM_BACKENDS.get(lm.backend).generator_cls, lm.model_dump())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -66,7 +67,7 @@ class Describer:
                  "messages": messages_for(self.gen, job["domain"], descs[k % len(descs)])} for k in range(n)]
 
     async def _sample(self, adapter: str, rows: list[dict]) -> list[str]:
-        model = await self.generator(adapter)
+        model = await self.generator(adapter or BASE)
         texts: list[str] = []
         size = self.gen.lm.batch_size
         for s in range(0, len(rows), size):

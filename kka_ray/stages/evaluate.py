@@ -1,9 +1,12 @@
-"""Stages 4-5 (Eq. 5-6): the confusion evaluator theta_C and the hard / easy split of the anomaly set A.
+"""Stages 4-5 (Eq. 5-6): the confusion evaluator theta_C and the hard / easy split.
 
-theta_C is Deep SAD trained on the training normals (labelled normal) and A (labelled anomaly). A generated
-anomaly is hard when theta_C still places it inside the normal boundary: its distance to c is below the
-largest distance of a held-out *validation* normal (or a configured quantile of them). The test split is
-never read here.
+theta_C is Deep SAD trained on the training normals (labelled normal) and the anomaly set A (labelled anomaly).
+It judges anomalies it was *not* trained on: the new candidates of an iteration are scored by the theta_C of the
+set before them (at t = 0 the detector trained on normals only). A candidate is hard when theta_C places it
+inside the normal boundary: its distance to c is below the largest distance of a held-out *validation* normal
+(or a configured quantile of them). Judging the set theta_C was just trained on would call almost everything
+easy (on Fashion-MNIST "shirt": 0 hard of 224), since Deep SAD's anomaly term pushes exactly those samples out.
+The test split is never read here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class SplitConfig(Strict):
 @dataclass(frozen=True)
 class Split:
     threshold: float  # the normal boundary: distances below it are inside
+    scores: np.ndarray  # distance to c per anomaly
     hard: np.ndarray  # bool per anomaly
 
     @property
@@ -49,41 +53,43 @@ def hard_easy_split(anomaly_scores: np.ndarray, val_scores: np.ndarray, quantile
     if len(val_scores) == 0:
         raise ValueError("the hard/easy split needs at least one validation normal")
     threshold = float(np.quantile(np.asarray(val_scores, dtype=np.float64), quantile))
-    return Split(threshold, np.asarray(anomaly_scores, dtype=np.float64) < threshold)
+    scores = np.asarray(anomaly_scores, dtype=np.float64)
+    return Split(threshold, scores, scores < threshold)
+
+
+def images_of(anomalies: pa.Table) -> np.ndarray:
+    return np.ascontiguousarray(anomalies.column("image").combine_chunks().to_numpy_ndarray())
 
 
 def anomaly_set(anomalies: pa.Table) -> ImageSet:
     """The generated anomaly table as an ImageSet (label: generated; description: its sentence)."""
-    images = anomalies.column("image").combine_chunks().to_numpy_ndarray()
-    return ImageSet(images=np.ascontiguousarray(images), labels=np.zeros(len(images), dtype=np.int64),
-                    class_names=("generated anomaly",),
+    images = images_of(anomalies)
+    return ImageSet(images=images, labels=np.zeros(len(images), dtype=np.int64), class_names=("generated anomaly",),
                     descriptions=[(s,) for s in anomalies.column("sentence").to_pylist()],
                     ids=np.array(anomalies.column("anomaly_id").to_pylist(), dtype=object), split="generated")
 
 
-@dataclass
-class Evaluation:
-    evaluator: DeepSAD
-    anomaly_scores: np.ndarray
-    val_scores: np.ndarray
-    split: Split
-    fit_metrics: dict
-
-
-def evaluate(task: OneClassTask, anomalies: pa.Table, cfg: DeepSADConfig, split: SplitConfig, *, seed: int,
-             workdir: Path) -> Evaluation:
-    """Eq. 5 then Eq. 6: fit theta_C on (train normals, A), score A and the validation normals, split A."""
+def fit_evaluator(task: OneClassTask, anomalies: pa.Table | None, cfg: DeepSADConfig, *, seed: int,
+                  workdir: Path) -> tuple[DeepSAD, dict]:
+    """Eq. 5: theta_C on (train normals labelled normal, A labelled anomaly); no A = Deep SVDD on normals."""
     evaluator = DeepSAD(cfg)
-    metrics = evaluator.fit(task.train_normal, anomaly_set(anomalies), seed=seed, workdir=workdir)
-    images = anomalies.column("image").combine_chunks().to_numpy_ndarray()
-    scores = evaluator.score(np.concatenate([images, task.val_normal.images]))
-    a_scores, v_scores = scores[:len(images)], scores[len(images):]
-    return Evaluation(evaluator, a_scores, v_scores, hard_easy_split(a_scores, v_scores, split.quantile), metrics)
+    metrics = evaluator.fit(task.train_normal, anomaly_set(anomalies) if anomalies is not None else None,
+                            seed=seed, workdir=workdir)
+    return evaluator, metrics
 
 
-def with_split(anomalies: pa.Table, ev: Evaluation, iteration: int) -> pa.Table:
-    """A with each anomaly's distance, hard flag and the iteration that judged it (replacing older judgements)."""
-    base = anomalies.drop_columns([c for c in ("score", "hard", "judged_iteration") if c in anomalies.column_names])
-    return (base.append_column("score", pa.array(ev.anomaly_scores))
-            .append_column("hard", pa.array(ev.split.hard))
-            .append_column("judged_iteration", pa.array(np.full(len(base), iteration, dtype=np.int64))))
+def judge(evaluator: DeepSAD, anomalies: pa.Table, val_normal: ImageSet, quantile: float) -> Split:
+    """Eq. 6 with one scoring pass over the anomalies and the validation normals."""
+    images = images_of(anomalies)
+    scores = evaluator.score(np.concatenate([images, val_normal.images]))
+    return hard_easy_split(scores[:len(images)], scores[len(images):], quantile)
+
+
+def with_split(anomalies: pa.Table, split: Split, iteration: int) -> pa.Table:
+    """Each anomaly's distance, the boundary it was judged against, their ratio (< 1: hard) and the verdict."""
+    n = len(anomalies)
+    return (anomalies.append_column("score", pa.array(split.scores))
+            .append_column("boundary", pa.array(np.full(n, split.threshold)))
+            .append_column("margin", pa.array(split.scores / max(split.threshold, 1e-12)))
+            .append_column("hard", pa.array(split.hard))
+            .append_column("judged_iteration", pa.array(np.full(n, iteration, dtype=np.int64))))

@@ -137,7 +137,11 @@ class Cleaner:
     """
 
     def __init__(self, ctx: NormalContext, cfg: dict, provenance: dict):
+        import torch
+
         from kka_ray.text.encoder import SentenceEncoder
+
+        torch.set_num_threads(1)
 
         self.ctx, self.cfg, self.provenance = ctx, CleanConfig(**cfg), provenance
         self.encoder = SentenceEncoder() if self.cfg.similarity_threshold is not None else None
@@ -165,7 +169,9 @@ def description_stream(reps: Sequence[Representative], ctx: NormalContext, cfg: 
         compute=ActorPoolStrategy(size=1),
         batch_size=None,
         batch_format="pandas",
-        num_cpus=0.25,  # MiniLM on a few sentences at a time; leaves the CPUs to the model pool
+        # MiniLM on a few sentences at a time, one thread. It asks for no CPU so that it can always be placed:
+        # with a CPU share it could wait forever behind a render pool that took the node's CPUs first.
+        num_cpus=0,
     )
 
 

@@ -41,6 +41,13 @@ class DeepSAD(Detector):
         super().__init__(cfg)
         self.checkpoint: ray.train.Checkpoint | None = None
 
+    @classmethod
+    def from_checkpoint(cls, cfg: DeepSADConfig, path: str, filesystem=None) -> DeepSAD:
+        """A fitted detector from a saved checkpoint folder (local, or on a pyarrow filesystem)."""
+        det = cls(cfg)
+        det.checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
+        return det
+
     def fit(self, normals: ImageSet, anomalies: ImageSet | None, *, seed: int, workdir: Path) -> dict:
         cfg = self.cfg
         h, w, ch = normals.shape
