@@ -54,10 +54,14 @@ def test_ray_job_submit_runs_the_loop(head, tiny, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"KKA_PROGRESS": "0"}})
-    out = subprocess.run(
-        [Path(sys.executable).parent / "ray", "job", "submit", "--address", address, "--runtime-env-json",
-         runtime_env, "--", "python", "jobs/kka_loop.py", "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(12):  # the job server answers before the node's job agent is up; it says so
+        out = subprocess.run(
+            [Path(sys.executable).parent / "ray", "job", "submit", "--address", address, "--runtime-env-json",
+             runtime_env, "--", "python", "jobs/kka_loop.py", "--config", str(config)],
+            env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in out.stderr:
+            break
+        time.sleep(5)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "succeeded" in out.stdout
     run = tmp_path / "runs" / "submitted"

@@ -170,19 +170,23 @@ def build_app(cfg: ServeConfig):
               "adapters": adapters, "renderer": RENDERERS.get(render.backend)(render).model_id(),
               "evaluator": evaluator_dir, "run": cfg.run, "image_size": cfg.image_size, "channels": cfg.channels}
     batch = {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
+    ongoing = 2 * cfg.max_batch_size  # a replica must hold a full batch in flight plus the next one forming
     describer = Describer.options(
         ray_actor_options={"num_cpus": lm.cpus_per_actor, "num_gpus": lm.gpus_per_actor}, num_replicas=lm.actors,
+        max_ongoing_requests=ongoing,
     ).bind(cfg.generate.model_dump(), max_rounds=cfg.limits.max_rounds, **batch)
     renderer = Renderer.options(
         ray_actor_options={"num_cpus": render.cpus_per_actor, "num_gpus": render.gpus_per_actor},
-        num_replicas=render.actors,
+        num_replicas=render.actors, max_ongoing_requests=ongoing,
     ).bind(render.model_dump(), cfg.image_size, cfg.channels, **batch)
     evaluator = (Evaluator.options(ray_actor_options={"num_cpus": 0.25}).bind(evaluator_dir, boundary)
                  if evaluator_dir else None)
     env = {TOKEN_ENV_NAME: cfg.token_env}
     if os.environ.get(cfg.token_env):  # a token set where the app is built reaches the ingress replicas
         env[cfg.token_env] = os.environ[cfg.token_env]
-    ingress = Ingress.options(ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": env}})
+    # The ingress only routes: it asks for no CPU, so the model replicas may take the node's CPUs.
+    ingress = Ingress.options(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}},
+                              max_ongoing_requests=8 * ongoing)
     return ingress.bind(describer, renderer, evaluator, {"adapters": adapters, "models": models},
                         cfg.model_dump(mode="json"))
 
