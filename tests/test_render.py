@@ -82,3 +82,11 @@ def test_descriptions_stream_into_images_with_provenance(ray_local, tiny_sd, tmp
     assert set(a.column("renderer").to_pylist()) == {tiny_sd} and set(a.column("iteration").to_pylist()) == {1}
     assert "image" not in result.rejects.column_names
     assert len(a) + len(result.rejects) >= 4  # every completion yields at least one line
+
+
+def test_committed_prior_loads_offline_and_renders_task_images():
+    actor = DiffusersRenderer(RenderConfig(steps=4, cpus_per_actor=1, disable_safety_checker=True).model_dump(),
+                              28, 1)
+    out = actor(batch(["a leather boot", "the numeral five"], [1, 2]))
+    assert out["image"].shape == (2, 28, 28, 1) and out["image"].dtype == np.uint8
+    assert out["rendered"].all() and out["image"].std() > 0  # not blank
