@@ -213,19 +213,23 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     _say(f"iter {t} update ({cfg.update.mode}): |A_{t}| = {len(anomalies)}, by origin iteration "
          f"{origin_counts(anomalies)}")
     evaluator, fit = fit_evaluator(task, anomalies, cfg.evaluator, seed=cfg.seed + t, workdir=workdir)
-    reported = evaluator
-    if cfg.detector is not None:
+    # Test images are read only here, after this iteration's split and training are final. theta_C scores them
+    # with the validation normals in one pass: those give the boundary a served run judges against.
+    n_test = len(task.test)
+    scores = evaluator.score(np.concatenate([task.test.images, task.val_normal.images]))
+    boundary = hard_easy_split(np.empty(0), scores[n_test:], cfg.split.quantile).threshold
+    if cfg.detector is None:
+        score = 100 * auroc(task.test_targets, scores[:n_test])
+    else:
         reported = build_detector(cfg.detector)
         reported.fit(task.train_normal, anomaly_set(anomalies), seed=cfg.seed + t, workdir=workdir)
-    # Test images are read only here, after this iteration's split and training are final.
-    score = _test_auroc(reported, task)
+        score = _test_auroc(reported, task)
     _say(f"iter {t} evaluate: SAD + KKA({t}) test AUROC {score:.1f}")
     hard_set = int(anomalies.column("hard").to_numpy(zero_copy_only=False).sum())
     row = {"iteration": t, "anomalies": len(anomalies), "new": len(new), "rejected": len(rendered.rejects),
            "hard": sp.hard_count, "easy": sp.easy_count, "hard_share": sp.hard_share, "hard_in_set": hard_set,
            "boundary": sp.threshold, "auroc": score, "evaluator_loss": float(fit.get("loss", np.nan)),
-           "evaluator_boundary": hard_easy_split(np.empty(0), evaluator.score(task.val_normal.images),
-                                                 cfg.split.quantile).threshold,
+           "evaluator_boundary": boundary,
            "images_per_s": rendered.stats.get("images_per_s", 0.0)}
     if t < T:
         row.update(prefer(cfg, state, new, gen, lm, ctx.domain, t, adapter, workdir))

@@ -62,11 +62,6 @@ class RunStore:
     def read_json(self, rel: str):
         return json.loads(self.read_text(rel))
 
-    def put_file(self, local: str | Path, rel: str) -> None:
-        self._parent(rel)
-        pafs.copy_files(str(Path(local).resolve()), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
-
     def put_dir(self, local: str | Path, rel: str) -> None:
         self.fs.create_dir(self.path(rel), recursive=True)
         pafs.copy_files(str(Path(local).resolve()), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
