@@ -22,7 +22,8 @@ class Strict(BaseModel):
 
 class RayConfig(Strict):
     address: str | None = Field(None, description="Cluster to join ('auto', 'ray://host:10001'); "
-                                "RAY_ADDRESS is used when unset; with neither a local Ray starts")
+                                "RAY_ADDRESS is used when unset; with neither a fresh local Ray starts "
+                                "('auto' joins a local `ray start` head)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all)")
     object_store_mb: int = Field(512, ge=64, description="Object store of a local Ray, MiB")
 

@@ -22,7 +22,11 @@ def set_env_defaults() -> None:
 
 
 def init_ray(cfg: RayConfig | None = None):
-    """Connect to `cfg.address` or RAY_ADDRESS when given; otherwise start a local Ray without a dashboard."""
+    """Connect to `cfg.address` or RAY_ADDRESS when given; otherwise start a fresh local Ray without a dashboard.
+
+    The fresh start is explicit (address "local"): Ray's own default would join whatever cluster
+    /tmp/ray/ray_current_cluster last named, which may be stale or a head someone else started.
+    Join a `ray start` head with `--address auto` or RAY_ADDRESS (`ray job submit` sets it)."""
     import ray
 
     set_env_defaults()
@@ -34,6 +38,7 @@ def init_ray(cfg: RayConfig | None = None):
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(
+            address="local",
             num_cpus=cfg.num_cpus or os.cpu_count(),
             include_dashboard=False,
             object_store_memory=cfg.object_store_mb * 2**20,

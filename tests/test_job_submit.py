@@ -4,9 +4,11 @@ checked, head stopped. The head runs in the foreground (--block) so stopping it 
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +29,13 @@ def free_port() -> int:
 def head(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
     port, dash = free_port(), free_port()
+    # The session's own Ray holds the default agent ports (52365, ...); a second node's job agent would fail
+    # to bind them and every submission would answer "No available agent".
+    agents = [f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "runtime-env-agent-port", "metrics-export-port")]
     proc = subprocess.Popen(
         [Path(sys.executable).parent / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", *agents,
          "--object-store-memory=300000000", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
@@ -69,3 +75,19 @@ def test_ray_job_submit_runs_the_loop(head, tiny, tmp_path):
     assert state["completed"] == 1 and (run / "iter_1" / "anomalies.parquet").is_file()
     assert (run / "report.md").is_file() and (run / "summary.json").is_file()
     assert "SAD + KKA(1)" in out.stdout  # the job's report reached the submitter's terminal
+
+
+def test_without_an_address_a_fresh_local_ray_starts_despite_a_stale_cluster_file():
+    """Ray's own default joins the cluster /tmp/ray/ray_current_cluster names; a head that was stopped (or
+    someone else's) must not break a run that asked for a local Ray of its own size."""
+    tmp = Path(tempfile.mkdtemp(prefix="kr"))  # short: Ray's socket paths must stay under 108 bytes
+    (tmp / "ray").mkdir()
+    (tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing listens there
+    code = ("from kka_ray.config import RayConfig; from kka_ray.runtime import init_ray; "
+            "ray = init_ray(RayConfig(num_cpus=1, object_store_mb=100)); print(ray.cluster_resources()['CPU'])")
+    env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_ADDRESS": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180,
+                         cwd=REPO)
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "1.0"
