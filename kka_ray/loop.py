@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from pydantic import Field, ValidationError
 
@@ -234,7 +235,7 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     if t < T:
         row.update(prefer(cfg, state, new, gen, lm, ctx.domain, t, adapter, workdir))
     row["seconds"] = time.time() - start
-    save_iteration(state, t, anomalies, _relative_adapter(rendered.rejects, adapter), evaluator, row, cfg)
+    save_iteration(state, t, anomalies, new, _relative_adapter(rendered.rejects, adapter), evaluator, row, cfg)
     return anomalies, evaluator
 
 
@@ -259,11 +260,14 @@ def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateC
     return out
 
 
-def save_iteration(state: LoopState, t: int, anomalies: pa.Table, rejects: pa.Table, evaluator: DeepSAD,
-                   row: dict, cfg: KKAConfig) -> None:
-    """Everything of iteration t, then the state file last: a kill before it leaves t to be redone."""
+def save_iteration(state: LoopState, t: int, anomalies: pa.Table, new: pa.Table, rejects: pa.Table,
+                   evaluator: DeepSAD, row: dict, cfg: KKAConfig) -> None:
+    """Everything of iteration t, then the state file last: a kill before it leaves t to be redone. `new` (N_t,
+    judged) is kept whole: in rep mode most of it does not enter A_t, and every rendered image stays inspectable."""
     store = state.store
     store.write_table(f"iter_{t}/anomalies.parquet", anomalies)
+    in_set = pc.is_in(new.column("anomaly_id"), value_set=anomalies.column("anomaly_id"))
+    store.write_table(f"iter_{t}/generated.parquet", new.append_column("in_set", in_set))
     store.write_table(f"iter_{t}/rejects.parquet", rejects)
     with evaluator.checkpoint.as_directory() as d:
         store.put_dir(d, f"iter_{t}/evaluator")
@@ -293,5 +297,6 @@ def final_report(cfg: KKAConfig, state: LoopState) -> str:
         lines.append(f"| SAD + KKA({r['iteration']}) | {r['anomalies']} | {r['new']} | {r['hard']} | "
                      f"{r['hard_share']:.3f} | {r['auroc']:.1f} | {dpo} | {r['seconds']:.0f} |")
     lines += ["", f"Outputs in {store.location}: config.yaml, representatives.parquet, iter_<t>/ (anomalies.parquet, "
-              "rejects.parquet, pairs.parquet, evaluator/, adapter/, metrics.json, grid.png), auroc.png, report.md"]
+              "generated.parquet, rejects.parquet, pairs.parquet, evaluator/, adapter/, metrics.json, grid.png), "
+              "auroc.png, report.md"]
     return "\n".join(lines) + "\n"

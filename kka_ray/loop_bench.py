@@ -59,6 +59,7 @@ def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
         for r in res["rows"]:
             row[f"auroc_kka{r['iteration']}"] = r["auroc"]
             row[f"hard_share_iter{r['iteration']}"] = r["hard_share"]
+            row[f"hard_in_set_iter{r['iteration']}"] = r["hard_in_set"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -68,7 +69,8 @@ def summarise(cfg: LoopBenchConfig, df: pd.DataFrame) -> dict[str, float]:
     m: dict[str, float] = {"runs": len(df), "iterations": T}
     for key, col in (("auroc_no_anomalies", "auroc_no_anomalies"), ("auroc_kka0", "auroc_kka0"),
                      ("auroc_kka_final", f"auroc_kka{T}"), ("hard_share_iter0", "hard_share_iter0"),
-                     ("hard_share_final", f"hard_share_iter{T}")):
+                     ("hard_share_final", f"hard_share_iter{T}"), ("hard_in_set_iter0", "hard_in_set_iter0"),
+                     ("hard_in_set_final", f"hard_in_set_iter{T}")):
         mean, ci = mean_ci(df[col])
         m[key] = mean
         if np.isfinite(ci):
@@ -94,7 +96,9 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
     lines = [f"# {cfg.name}", "", f"`{command}`", "",
              f"SAD (Deep SAD) test AUROC % on {loop.dataset.name}, one class normal, {loop.update.mode} "
              f"mode, T = {T}; {len(df)} runs ({', '.join(map(str, cfg.classes))} x seeds "
-             f"{', '.join(map(str, cfg.seeds))}). Hard share = share of A_t inside the validation normals' boundary.",
+             f"{', '.join(map(str, cfg.seeds))}). Hard share = share of the new anomalies N_t that the previous "
+             "iteration's theta_C (at t = 0: theta_C without anomalies) places inside the validation normals' "
+             "boundary. Hard in A_t = anomalies of the set that were hard when they were judged.",
              "", "| normal class | " + " | ".join(names) + " | " +
              " | ".join(f"hard share {t}" for t in range(T + 1)) + " |",
              "| --- |" + " ---: |" * (len(names) + T + 1)]
@@ -107,7 +111,8 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
     gain = m["auroc_kka_final"] - m["auroc_no_anomalies"]
     lines += ["", f"KKA({T}) - no anomalies: {gain:+.1f} points (goal: +5); KKA({T}) - KKA(0): "
               f"{m['auroc_kka_final'] - m['auroc_kka0']:+.1f}; hard share {m['hard_share_iter0']:.3f} -> "
-              f"{m['hard_share_final']:.3f}.", "", f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
+              f"{m['hard_share_final']:.3f}; hard anomalies in A_t {m['hard_in_set_iter0']:.1f} -> "
+              f"{m['hard_in_set_final']:.1f}.", "", f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
     return "\n".join(lines)
 
 

@@ -39,6 +39,10 @@ def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
         assert json.loads(state.store.read_text(f"iter_{t}/metrics.json"))["iteration"] == t
         row = state.rows[t]
         assert row["hard"] + row["easy"] == row["new"] and row["hard_in_set"] == sum(a.column("hard").to_pylist())
+        n = pq.read_table(f"{root}/iter_{t}/generated.parquet")  # every rendered image of N_t, kept or not
+        assert len(n) == row["new"] and n.column("iteration").to_pylist() == [t] * len(n)
+        kept = set(n.filter(n.column("in_set")).column("anomaly_id").to_pylist())
+        assert kept == set(a.filter(pc.equal(a.column("iteration"), t)).column("anomaly_id").to_pylist())
         assert 0 <= row["auroc"] <= 100
     adapter = ""  # the model that generates: the base, then the latest DPO adapter
     for t in range(3):
@@ -69,7 +73,7 @@ def test_resume_after_a_stop_gives_identical_tables(tiny_run, tiny, tmp_path):
     resumed = run_loop(load_run_config(stopped.store.location, []), resume=True)
     assert resumed.completed == 2
     for t in range(3):
-        for name in ("anomalies", "rejects"):
+        for name in ("anomalies", "generated", "rejects"):
             a = stable(pq.read_table(f"{state.store.path('')}/iter_{t}/{name}.parquet"))
             b = stable(pq.read_table(f"{resumed.store.path('')}/iter_{t}/{name}.parquet"))
             assert a.equals(b), (t, name)

@@ -9,7 +9,8 @@ from kka_ray.loop_bench import LoopBenchConfig, markdown, run_config, summarise,
 
 
 def result(base, aurocs, shares):
-    rows = [{"iteration": t, "auroc": a, "hard_share": s} for t, (a, s) in enumerate(zip(aurocs, shares, strict=True))]
+    rows = [{"iteration": t, "auroc": a, "hard_share": s, "hard_in_set": 100 * s}
+            for t, (a, s) in enumerate(zip(aurocs, shares, strict=True))]
     return {"baseline": {"auroc": base}, "rows": rows}
 
 
@@ -31,10 +32,11 @@ def test_summary_means_and_keys(cfg):
     assert m["runs"] == 4 and m["auroc_no_anomalies"] == 76 and m["auroc_kka0"] == 77
     assert m["auroc_kka_final"] == 80 and m["auroc_kka1"] == 78.5
     assert m["hard_share_iter0"] == pytest.approx(0.1) and m["hard_share_final"] == pytest.approx(0.3)
+    assert m["hard_in_set_iter0"] == pytest.approx(10) and m["hard_in_set_final"] == pytest.approx(30)
     assert m["auroc_kka_final_t_shirt"] == 83 and m["auroc_no_anomalies_shirt"] == 71
     assert m["demo_minutes"] == 14.5 and m["auroc_kka_final_ci95"] > 0
     page = markdown(cfg, df, m, "python jobs/bench_kka.py")
-    assert "| shirt | 71.0 | 73.0 | 75.0 | 77.0 |" in page and "+4.0 points" in page
+    assert "| shirt | 71.0 | 73.0 | 75.0 | 77.0 |" in page and "+4.0 points" in page and "10.0 -> 30.0" in page
     write(cfg, results, "cmd")
     record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
     assert record["metrics"]["runs"] == 4 and len(record["runs"]) == 4
