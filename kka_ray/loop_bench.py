@@ -91,23 +91,27 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
     loop = base_loop(cfg)
     T = loop.update.iterations
     cols = ["auroc_no_anomalies"] + [f"auroc_kka{t}" for t in range(T + 1)]
-    names = ["no anomalies"] + [f"KKA({t})" for t in range(T + 1)]
-    per_class = df.groupby("class", sort=False)[cols + [f"hard_share_iter{t}" for t in range(T + 1)]].mean()
+    shares = [f"hard_share_iter{t}" for t in range(T + 1)]
+    header = " | ".join(["no anomalies"] + [f"KKA({t})" for t in range(T + 1)] +
+                        [f"hard share {t}" for t in range(T + 1)]) + " |"
+
+    def rows(frame: pd.DataFrame) -> list[str]:
+        return [f"| {name} | " + " | ".join([f"{r[c]:.1f}" for c in cols] + [f"{r[c]:.3f}" for c in shares]) + " |"
+                for name, r in frame.iterrows()]
+
+    mean = df[cols + shares].mean()
     lines = [f"# {cfg.name}", "", f"`{command}`", "",
              f"SAD (Deep SAD) test AUROC % on {loop.dataset.name}, one class normal, {loop.update.mode} "
              f"mode, T = {T}; {len(df)} runs ({', '.join(map(str, cfg.classes))} x seeds "
              f"{', '.join(map(str, cfg.seeds))}). Hard share = share of the new anomalies N_t that the previous "
              "iteration's theta_C (at t = 0: theta_C without anomalies) places inside the validation normals' "
              "boundary. Hard in A_t = anomalies of the set that were hard when they were judged.",
-             "", "| normal class | " + " | ".join(names) + " | " +
-             " | ".join(f"hard share {t}" for t in range(T + 1)) + " |",
-             "| --- |" + " ---: |" * (len(names) + T + 1)]
-    for cls, r in per_class.iterrows():
-        lines.append(f"| {cls} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " | " +
-                     " | ".join(f"{r[f'hard_share_iter{t}']:.3f}" for t in range(T + 1)) + " |")
-    means = [m["auroc_no_anomalies"]] + [float(df[c].mean()) for c in cols[1:]]
-    lines.append("| **mean** | " + " | ".join(f"**{v:.1f}**" for v in means) + " | " +
-                 " | ".join(f"**{df[f'hard_share_iter{t}'].mean():.3f}**" for t in range(T + 1)) + " |")
+             "", "| normal class | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
+             *rows(df.groupby("class", sort=False)[cols + shares].mean()),
+             "| **mean** | " + " | ".join([f"**{mean[c]:.1f}**" for c in cols] +
+                                         [f"**{mean[c]:.3f}**" for c in shares]) + " |",
+             "", "Every run:", "", "| run | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
+             *rows(df.set_index(df["class"].astype(str) + " seed " + df["seed"].astype(str)))]
     gain = m["auroc_kka_final"] - m["auroc_no_anomalies"]
     lines += ["", f"KKA({T}) - no anomalies: {gain:+.1f} points (goal: +5); KKA({T}) - KKA(0): "
               f"{m['auroc_kka_final'] - m['auroc_kka0']:+.1f}; hard share {m['hard_share_iter0']:.3f} -> "
