@@ -210,6 +210,10 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     new = with_split(new, sp, t)
     _say(f"iter {t} split (theta_C of A_{t - 1}): hard {sp.hard_count}, easy {sp.easy_count} of the new "
          f"(hard share {sp.hard_share:.3f}, boundary {sp.threshold:.4g})")
+    if previous is not None and cfg.update.rejudge:
+        again = judge(judge_model, previous, task.val_normal, cfg.split.quantile)
+        previous = with_split(previous, again, t)
+        _say(f"iter {t} re-judged A_{t - 1}: hard {again.hard_count}, easy {again.easy_count}")
     anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode)
     _say(f"iter {t} update ({cfg.update.mode}): |A_{t}| = {len(anomalies)}, by origin iteration "
          f"{origin_counts(anomalies)}")

@@ -2,16 +2,19 @@
 checkpoints, resume after a stop between iterations, and the error paths of a run folder."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from tiny_loop import tiny_config
 
 from kka_ray.config import ConfigError
-from kka_ray.loop import load_run_config, run_loop
+from kka_ray.loop import KKAConfig, load_run_config, run_loop
 
 # Timing columns differ between runs by nature; everything else must be identical.
 TIMING = {"generation_seconds", "batch_start", "batch_end", "render_seconds"}
@@ -89,6 +92,28 @@ def test_resume_refuses_changes_and_unknown_folders(tiny_run, tmp_path):
         load_run_config(str(tmp_path), [])
     with pytest.raises(ConfigError, match="cannot go further"):  # iteration 2 had no DPO after it
         run_loop(load_run_config(state.store.location, ["update.iterations=3"]), resume=True)
+
+
+def test_rejudge_lets_the_new_anomalies_replace_the_set(tiny_run, tmp_path):
+    """update.rejudge: theta_C of A_0 judges A_0 again at t = 1. Iteration 0 does not depend on it, so a copy
+    of the run's iteration 0 continues with it."""
+    _, state = tiny_run
+    run = tmp_path / "rejudged"
+    shutil.copytree(Path(state.store.path("")), run, ignore=shutil.ignore_patterns("iter_1", "iter_2"))
+    saved = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**saved, "completed": 0, "rows": saved["rows"][:1]}))
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree.update(name="rejudged", run_dir=str(tmp_path))
+    tree["update"].update(rejudge=True, iterations=1)
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    out = run_loop(load_run_config(str(run), []), resume=True)
+    a = pq.read_table(run / "iter_1" / "anomalies.parquet")
+    assert len(a) == out.rows[0]["anomalies"] and set(a.column("judged_iteration").to_pylist()) == {1}
+    old = a.filter(pc.equal(a.column("iteration"), 0))
+    # rep: every easy old one goes while new ones last; so either only hard old ones stay, or all new ones came in
+    assert all(old.column("hard").to_pylist()) or len(a) - len(old) == out.rows[1]["new"]
+    with pytest.raises(ValueError, match="rep"):
+        KKAConfig.model_validate({**tree, "update": {"mode": "add", "rejudge": True}})
 
 
 def test_job_script_reports_config_errors(tmp_path):

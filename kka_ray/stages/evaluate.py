@@ -85,9 +85,14 @@ def judge(evaluator: DeepSAD, anomalies: pa.Table, val_normal: ImageSet, quantil
     return hard_easy_split(scores[:len(images)], scores[len(images):], quantile)
 
 
+VERDICT = ("score", "boundary", "margin", "hard", "judged_iteration")
+
+
 def with_split(anomalies: pa.Table, split: Split, iteration: int) -> pa.Table:
-    """Each anomaly's distance, the boundary it was judged against, their ratio (< 1: hard) and the verdict."""
+    """Each anomaly's distance, the boundary it was judged against, their ratio (< 1: hard) and the verdict;
+    a verdict it already had is replaced."""
     n = len(anomalies)
+    anomalies = anomalies.drop_columns([c for c in VERDICT if c in anomalies.column_names])
     return (anomalies.append_column("score", pa.array(split.scores))
             .append_column("boundary", pa.array(np.full(n, split.threshold)))
             .append_column("margin", pa.array(split.scores / max(split.threshold, 1e-12)))

@@ -2,7 +2,10 @@
 
 add: A_t = A_{t-1} + new. rep: |A_t| = |A_{t-1}|; easy anomalies of A_{t-1} are replaced by new ones, the
 easiest (largest distance relative to its boundary) first, by the hardest new ones first, as far as there are
-new ones; hard anomalies always stay. Each anomaly keeps the verdict it got when it was new.
+new ones; hard anomalies always stay. Each anomaly keeps the verdict it got when it was new, unless
+`rejudge`: then the loop judges A_{t-1} again with the current theta_C first. That theta_C was trained to push
+A_{t-1} out, so nearly all of it turns easy and A_t follows the tuned model's anomalies; with kept verdicts
+the hard anomalies of iteration 0 (judged by theta_C without anomalies) stay for good.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kka_ray.config import Strict
 
@@ -21,6 +24,14 @@ class UpdateConfig(Strict):
     mode: Literal["add", "rep"] = Field("rep", description="add: append new anomalies; rep: keep |A| fixed and "
                                         "replace easy anomalies with the hardest new ones")
     iterations: int = Field(2, ge=0, description="T: DPO rounds after KKA(0); the loop reports KKA(0)..KKA(T)")
+    rejudge: bool = Field(False, description="rep only: judge A_{t-1} again with the current theta_C before "
+                          "replacing (A_t then follows the tuned model); off: verdicts from when each was new")
+
+    @model_validator(mode="after")
+    def _rep_only(self) -> UpdateConfig:
+        if self.rejudge and self.mode != "rep":
+            raise ValueError(f"update.rejudge applies to mode 'rep' only, got mode {self.mode!r}")
+        return self
 
 
 def update_anomalies(previous: pa.Table, new: pa.Table, mode: str) -> pa.Table:
