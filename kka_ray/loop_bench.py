@@ -102,10 +102,11 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
     mean = df[cols + shares].mean()
     lines = [f"# {cfg.name}", "", f"`{command}`", "",
              f"SAD (Deep SAD) test AUROC % on {loop.dataset.name}, one class normal, {loop.update.mode} "
-             f"mode, T = {T}; {len(df)} runs ({', '.join(map(str, cfg.classes))} x seeds "
-             f"{', '.join(map(str, cfg.seeds))}). Hard share = share of the new anomalies N_t that the previous "
-             "iteration's theta_C (at t = 0: theta_C without anomalies) places inside the validation normals' "
-             "boundary. Hard in A_t = anomalies of the set that were hard when they were judged.",
+             f"mode, T = {T}; {len(df)} of {len(cfg.classes) * len(cfg.seeds)} runs "
+             f"({', '.join(map(str, cfg.classes))} x seeds {', '.join(map(str, cfg.seeds))}). Hard share = share of "
+             "the new anomalies N_t that the previous iteration's theta_C (at t = 0: theta_C without anomalies) "
+             "places inside the validation normals' boundary. Hard in A_t = anomalies of the set that were hard "
+             "when they were judged.",
              "", "| normal class | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
              *rows(df.groupby("class", sort=False)[cols + shares].mean()),
              "| **mean** | " + " | ".join([f"**{mean[c]:.1f}**" for c in cols] +

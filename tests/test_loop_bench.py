@@ -36,6 +36,7 @@ def test_summary_means_and_keys(cfg):
     assert m["auroc_kka_final_t_shirt"] == 83 and m["auroc_no_anomalies_shirt"] == 71
     assert m["demo_minutes"] == 14.5 and m["auroc_kka_final_ci95"] > 0
     page = markdown(cfg, df, m, "python jobs/bench_kka.py")
+    assert "4 of 4 runs" in page
     assert "| shirt | 71.0 | 73.0 | 75.0 | 77.0 |" in page and "+4.0 points" in page and "10.0 -> 30.0" in page
     write(cfg, results, "cmd")
     record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
