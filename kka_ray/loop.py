@@ -148,6 +148,11 @@ def _representatives(state: LoopState, task, cfg: KKAConfig) -> list[Representat
     return reps
 
 
+def load_task(cfg: KKAConfig):
+    dataset = build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.options)
+    return make_task(dataset, cfg.dataset.name, cfg.normal_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
+
+
 def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None) -> LoopState:
     """Run (or, with `resume`, continue) the loop; `stop_after` ends it after that iteration's checkpoint, for
     time-limited job slots (continue with resume)."""
@@ -157,8 +162,7 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
     store, T = state.store, cfg.update.iterations
     init_ray(cfg.ray)
     workdir = Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
-    dataset = build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.options)
-    task = make_task(dataset, cfg.dataset.name, cfg.normal_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    task = load_task(cfg)
     size, _, channels = task.train_normal.shape
     _say(f"task {task.name}: {len(task.train_normal)} train normals, {len(task.val_normal)} validation normals, "
          f"{len(task.test)} test images; run folder {store.location}")

@@ -5,6 +5,7 @@ run folder, so an interrupted benchmark resumes where it stopped."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ from pydantic import Field
 
 from kka_ray.config import Strict, load_config
 from kka_ray.figures import iteration_curves
-from kka_ray.loop import STATE, KKAConfig, run_loop
+from kka_ray.loop import STATE, KKAConfig, load_task, run_loop
 from kka_ray.metrics import mean_ci
 from kka_ray.records import metric_key, write_record
+from kka_ray.runtime import init_ray
+from kka_ray.stages.evaluate import fit_evaluator, judge
 from kka_ray.store import RunStore
 
 
@@ -30,6 +33,8 @@ class LoopBenchConfig(Strict):
     results_dir: str | None = "docs/results"
     demo_summary: str | None = Field("runs/kka-demo/summary.json", description="summary.json of the README's "
                                      "main command, for metrics.demo_minutes (skipped when absent)")
+    fixed_judge: bool = Field(True, description="Also judge every iteration's N_t with one fixed theta_C (the "
+                              "one without anomalies): the hard share of the language model alone")
 
 
 def base_loop(cfg: LoopBenchConfig) -> KKAConfig:
@@ -41,15 +46,44 @@ def run_config(cfg: LoopBenchConfig, cls: str | int, seed: int) -> KKAConfig:
                                        "seed": seed, "run_dir": f"{cfg.run_dir}/{cfg.name}"})
 
 
-def run_one(run: KKAConfig) -> dict:
+def run_one(run: KKAConfig, fixed_judge: bool = False) -> dict:
     """A finished run is read back; a started one resumes; a new one runs."""
     store = RunStore(f"{run.run_dir}/{run.name}")
     started = store.exists(STATE)
     if started and store.read_json(STATE)["completed"] == run.update.iterations:
         state = store.read_json(STATE)
-        return {"rows": state["rows"], "baseline": state["baseline"]}
-    state = run_loop(run, resume=started)
-    return {"rows": state.rows, "baseline": state.baseline}
+        out = {"rows": state["rows"], "baseline": state["baseline"]}
+    else:
+        state = run_loop(run, resume=started)
+        out = {"rows": state.rows, "baseline": state.baseline}
+    if fixed_judge:
+        out["fixed"] = fixed_judge_shares(run)
+    return out
+
+
+FIXED = "fixed_judge.json"
+
+
+def fixed_judge_shares(run: KKAConfig) -> dict[str, float | None]:
+    """Hard share of every iteration's N_t under one judge, theta_C without anomalies (iteration 0's judge,
+    fitted again with the run's seed). The loop's own hard share changes judge each iteration (theta_C of
+    A_{t-1}, trained to push out anomalies like the new ones), so it mixes the language model's progress with
+    the judge's; this one follows the model alone. Cached in the run folder; None where N_t was not kept
+    (runs from before iter_t/generated.parquet)."""
+    store = RunStore(f"{run.run_dir}/{run.name}")
+    if store.exists(FIXED):
+        return store.read_json(FIXED)
+    init_ray(run.ray)
+    task = load_task(run)
+    workdir = Path(run.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
+    model, _ = fit_evaluator(task, None, run.evaluator, seed=run.seed, workdir=workdir)
+    shares: dict[str, float | None] = {}
+    for t in range(run.update.iterations + 1):
+        path = f"iter_{t}/generated.parquet"
+        shares[str(t)] = (judge(model, store.read_table(path), task.val_normal, run.split.quantile).hard_share
+                          if store.exists(path) else None)
+    store.write_json(FIXED, shares)
+    return shares
 
 
 def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
@@ -60,6 +94,8 @@ def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
             row[f"auroc_kka{r['iteration']}"] = r["auroc"]
             row[f"hard_share_iter{r['iteration']}"] = r["hard_share"]
             row[f"hard_in_set_iter{r['iteration']}"] = r["hard_in_set"]
+        for t, share in res.get("fixed", {}).items():
+            row[f"fixed_hard_share_iter{t}"] = np.nan if share is None else share
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -78,6 +114,13 @@ def summarise(cfg: LoopBenchConfig, df: pd.DataFrame) -> dict[str, float]:
     for t in range(1, T):
         m[f"auroc_kka{t}"] = float(df[f"auroc_kka{t}"].mean())
         m[f"hard_share_iter{t}"] = float(df[f"hard_share_iter{t}"].mean())
+    if "fixed_hard_share_iter0" in df:
+        kept = df.dropna(subset=[f"fixed_hard_share_iter{t}" for t in range(T + 1)])
+        m["fixed_judge_runs"] = len(kept)
+        for t in range(T + 1 if len(kept) else 0):
+            m[f"hard_share_fixed_iter{t}"] = float(kept[f"fixed_hard_share_iter{t}"].mean())
+        if len(kept):
+            m["hard_share_fixed_final"] = m[f"hard_share_fixed_iter{T}"]
     for cls, g in df.groupby("class", sort=False):
         k = metric_key(cls)
         m[f"auroc_no_anomalies_{k}"] = float(g["auroc_no_anomalies"].mean())
@@ -117,8 +160,18 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
     lines += ["", f"KKA({T}) - no anomalies: {gain:+.1f} points (goal: +5); KKA({T}) - KKA(0): "
               f"{m['auroc_kka_final'] - m['auroc_kka0']:+.1f}; hard share {m['hard_share_iter0']:.3f} -> "
               f"{m['hard_share_final']:.3f}; hard anomalies in A_t {m['hard_in_set_iter0']:.1f} -> "
-              f"{m['hard_in_set_final']:.1f}.", "", f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
+              f"{m['hard_in_set_final']:.1f}.", *fixed_line(m, T), "",
+              f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
     return "\n".join(lines)
+
+
+def fixed_line(m: dict[str, float], T: int) -> list[str]:
+    if not m.get("fixed_judge_runs"):
+        return []
+    shares = " -> ".join(f"{m[f'hard_share_fixed_iter{t}']:.3f}" for t in range(T + 1))
+    return ["", f"Hard share of N_0 .. N_{T} under one fixed judge (theta_C without anomalies, fitted again with "
+            f"each run's seed; {m['fixed_judge_runs']:.0f} runs that kept every N_t): {shares}. Unlike the hard "
+            "share above, the judge does not change, so this follows the language model alone."]
 
 
 def run_loop_bench(cfg: LoopBenchConfig, command: str) -> dict[str, float]:
@@ -127,7 +180,7 @@ def run_loop_bench(cfg: LoopBenchConfig, command: str) -> dict[str, float]:
     results, total, m = {}, len(cfg.classes) * len(cfg.seeds), {}
     for cls in cfg.classes:
         for seed in cfg.seeds:
-            results[(cls, seed)] = run_one(run_config(cfg, cls, seed))
+            results[(cls, seed)] = run_one(run_config(cfg, cls, seed), cfg.fixed_judge)
             print(f"[bench] {cls} seed {seed}: done ({len(results)} of {total})", flush=True)
             m = write(cfg, results, command)
     return m

@@ -13,6 +13,10 @@ _ENV_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_TRAIN_V2_ENABLED": "1",
+    # Train V2 routes workers' print through a logger and tees it to any swapped sys.stdout: every progress line
+    # reached the driver twice, and dill's stdout capture of dis.dis (datasets' fingerprinting in trl) leaked
+    # pages of bytecode into the DPO logs. Plain prints reach the driver once through log_to_driver.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 

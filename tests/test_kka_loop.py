@@ -15,6 +15,7 @@ from tiny_loop import tiny_config
 
 from kka_ray.config import ConfigError
 from kka_ray.loop import KKAConfig, load_run_config, run_loop
+from kka_ray.loop_bench import FIXED, fixed_judge_shares
 
 # Timing columns differ between runs by nature; everything else must be identical.
 TIMING = {"generation_seconds", "batch_start", "batch_end", "render_seconds"}
@@ -114,6 +115,16 @@ def test_rejudge_lets_the_new_anomalies_replace_the_set(tiny_run, tmp_path):
     assert all(old.column("hard").to_pylist()) or len(a) - len(old) == out.rows[1]["new"]
     with pytest.raises(ValueError, match="rep"):
         KKAConfig.model_validate({**tree, "update": {"mode": "add", "rejudge": True}})
+
+
+def test_fixed_judge_refits_iteration_zeros_judge(tiny_run):
+    """The benchmark's fixed judge is theta_C without anomalies fitted again with the run's seed: on N_0 it
+    repeats the loop's own verdict; the shares are cached in the run folder."""
+    cfg, state = tiny_run
+    shares = fixed_judge_shares(cfg)
+    assert list(shares) == ["0", "1", "2"] and all(0 <= s <= 1 for s in shares.values())
+    assert shares["0"] == pytest.approx(state.rows[0]["hard_share"])
+    assert state.store.read_json(FIXED) == shares
 
 
 def test_job_script_reports_config_errors(tmp_path):

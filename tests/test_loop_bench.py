@@ -8,10 +8,10 @@ import pytest
 from kka_ray.loop_bench import LoopBenchConfig, markdown, run_config, summarise, table, write
 
 
-def result(base, aurocs, shares):
+def result(base, aurocs, shares, fixed=None):
     rows = [{"iteration": t, "auroc": a, "hard_share": s, "hard_in_set": 100 * s}
             for t, (a, s) in enumerate(zip(aurocs, shares, strict=True))]
-    return {"baseline": {"auroc": base}, "rows": rows}
+    return {"baseline": {"auroc": base}, "rows": rows, **({"fixed": fixed} if fixed else {})}
 
 
 @pytest.fixture()
@@ -41,6 +41,18 @@ def test_summary_means_and_keys(cfg):
     write(cfg, results, "cmd")
     record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
     assert record["metrics"]["runs"] == 4 and len(record["runs"]) == 4
+    assert "fixed_judge_runs" not in m and "fixed judge" not in page
+
+
+def test_fixed_judge_means_cover_runs_that_kept_every_iteration(cfg):
+    results = {("shirt", 0): result(70, [72, 74, 76], [0.9, 0.2, 0.3], {"0": 0.9, "1": 0.5, "2": 0.7}),
+               ("shirt", 1): result(72, [74, 76, 78], [0.8, 0.3, 0.5], {"0": 0.8, "1": 0.7, "2": 0.9}),
+               ("t-shirt", 0): result(80, [80, 81, 82], [0.7, 0.1, 0.2], {"0": None, "1": 0.1, "2": 0.1})}
+    df = table(cfg, results)
+    m = summarise(cfg, df)
+    assert m["fixed_judge_runs"] == 2 and m["hard_share_fixed_iter0"] == pytest.approx(0.85)
+    assert m["hard_share_fixed_iter1"] == pytest.approx(0.6) and m["hard_share_fixed_final"] == pytest.approx(0.8)
+    assert "0.850 -> 0.600 -> 0.800" in markdown(cfg, df, m, "cmd")
 
 
 def test_run_config_per_class_and_seed(cfg):
