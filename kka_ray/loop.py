@@ -153,6 +153,10 @@ def load_task(cfg: KKAConfig):
     return make_task(dataset, cfg.dataset.name, cfg.normal_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
 
 
+def train_workdir(cfg: KKAConfig) -> Path:
+    return Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
+
+
 def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None) -> LoopState:
     """Run (or, with `resume`, continue) the loop; `stop_after` ends it after that iteration's checkpoint, for
     time-limited job slots (continue with resume)."""
@@ -161,7 +165,7 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
     state = open_run(cfg, resume)
     store, T = state.store, cfg.update.iterations
     init_ray(cfg.ray)
-    workdir = Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
+    workdir = train_workdir(cfg)
     task = load_task(cfg)
     size, _, channels = task.train_normal.shape
     _say(f"task {task.name}: {len(task.train_normal)} train normals, {len(task.val_normal)} validation normals, "

@@ -5,7 +5,6 @@ run folder, so an interrupted benchmark resumes where it stopped."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from pydantic import Field
 
 from kka_ray.config import Strict, load_config
 from kka_ray.figures import iteration_curves
-from kka_ray.loop import STATE, KKAConfig, load_task, run_loop
+from kka_ray.loop import STATE, KKAConfig, load_task, run_loop, train_workdir
 from kka_ray.metrics import mean_ci
 from kka_ray.records import metric_key, write_record
 from kka_ray.runtime import init_ray
@@ -75,8 +74,7 @@ def fixed_judge_shares(run: KKAConfig) -> dict[str, float | None]:
         return store.read_json(FIXED)
     init_ray(run.ray)
     task = load_task(run)
-    workdir = Path(run.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
-    model, _ = fit_evaluator(task, None, run.evaluator, seed=run.seed, workdir=workdir)
+    model, _ = fit_evaluator(task, None, run.evaluator, seed=run.seed, workdir=train_workdir(run))
     shares: dict[str, float | None] = {}
     for t in range(run.update.iterations + 1):
         path = f"iter_{t}/generated.parquet"
@@ -114,13 +112,12 @@ def summarise(cfg: LoopBenchConfig, df: pd.DataFrame) -> dict[str, float]:
     for t in range(1, T):
         m[f"auroc_kka{t}"] = float(df[f"auroc_kka{t}"].mean())
         m[f"hard_share_iter{t}"] = float(df[f"hard_share_iter{t}"].mean())
-    if "fixed_hard_share_iter0" in df:
-        kept = df.dropna(subset=[f"fixed_hard_share_iter{t}" for t in range(T + 1)])
+    fixed = [f"fixed_hard_share_iter{t}" for t in range(T + 1)]
+    kept = df.dropna(subset=fixed) if fixed[0] in df else df.iloc[:0]
+    if len(kept):  # same keys as the loop's own share: iter0, iter1 .. iter{T-1}, final
         m["fixed_judge_runs"] = len(kept)
-        for t in range(T + 1 if len(kept) else 0):
-            m[f"hard_share_fixed_iter{t}"] = float(kept[f"fixed_hard_share_iter{t}"].mean())
-        if len(kept):
-            m["hard_share_fixed_final"] = m[f"hard_share_fixed_iter{T}"]
+        m.update({f"hard_share_fixed_iter{t}": float(kept[c].mean()) for t, c in enumerate(fixed[:-1])})
+        m["hard_share_fixed_final"] = float(kept[fixed[-1]].mean())
     for cls, g in df.groupby("class", sort=False):
         k = metric_key(cls)
         m[f"auroc_no_anomalies_{k}"] = float(g["auroc_no_anomalies"].mean())
@@ -168,7 +165,8 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
 def fixed_line(m: dict[str, float], T: int) -> list[str]:
     if not m.get("fixed_judge_runs"):
         return []
-    shares = " -> ".join(f"{m[f'hard_share_fixed_iter{t}']:.3f}" for t in range(T + 1))
+    shares = " -> ".join(f"{m[f'hard_share_fixed_iter{t}']:.3f}" for t in range(T)) + \
+        f" -> {m['hard_share_fixed_final']:.3f}"
     return ["", f"Hard share of N_0 .. N_{T} under one fixed judge (theta_C without anomalies, fitted again with "
             f"each run's seed; {m['fixed_judge_runs']:.0f} runs that kept every N_t): {shares}. Unlike the hard "
             "share above, the judge does not change, so this follows the language model alone."]
