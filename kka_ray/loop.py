@@ -51,6 +51,7 @@ from kka_ray.stages.update import UpdateConfig, origin_counts, update_anomalies
 from kka_ray.store import RunStore
 
 STATE = "state.json"
+BASELINE_JUDGE = "baseline/evaluator"  # theta_C without anomalies, the judge of N_0
 
 
 class KKAConfig(Strict):
@@ -153,10 +154,6 @@ def load_task(cfg: KKAConfig):
     return make_task(dataset, cfg.dataset.name, cfg.normal_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
 
 
-def train_workdir(cfg: KKAConfig) -> Path:
-    return Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
-
-
 def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None) -> LoopState:
     """Run (or, with `resume`, continue) the loop; `stop_after` ends it after that iteration's checkpoint, for
     time-limited job slots (continue with resume)."""
@@ -165,7 +162,7 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
     state = open_run(cfg, resume)
     store, T = state.store, cfg.update.iterations
     init_ray(cfg.ray)
-    workdir = train_workdir(cfg)
+    workdir = Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
     task = load_task(cfg)
     size, _, channels = task.train_normal.shape
     _say(f"task {task.name}: {len(task.train_normal)} train normals, {len(task.val_normal)} validation normals, "
@@ -176,6 +173,7 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
     if state.completed < 0:  # theta_C without anomalies judges iteration 0's candidates
         start = time.time()
         judge_model, _ = fit_evaluator(task, None, cfg.evaluator, seed=cfg.seed, workdir=workdir)
+        _save_evaluator(store, judge_model, BASELINE_JUDGE)
         baseline = judge_model
         if cfg.detector is not None:
             baseline = build_detector(cfg.detector)
@@ -272,6 +270,11 @@ def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateC
     return out
 
 
+def _save_evaluator(store: RunStore, evaluator: DeepSAD, path: str) -> None:
+    with evaluator.checkpoint.as_directory() as d:
+        store.put_dir(d, path)
+
+
 def save_iteration(state: LoopState, t: int, anomalies: pa.Table, new: pa.Table, rejects: pa.Table,
                    evaluator: DeepSAD, row: dict, cfg: KKAConfig) -> None:
     """Everything of iteration t, then the state file last: a kill before it leaves t to be redone. `new` (N_t,
@@ -281,8 +284,7 @@ def save_iteration(state: LoopState, t: int, anomalies: pa.Table, new: pa.Table,
     in_set = pc.is_in(new.column("anomaly_id"), value_set=anomalies.column("anomaly_id"))
     store.write_table(f"iter_{t}/generated.parquet", new.append_column("in_set", in_set))
     store.write_table(f"iter_{t}/rejects.parquet", rejects)
-    with evaluator.checkpoint.as_directory() as d:
-        store.put_dir(d, f"iter_{t}/evaluator")
+    _save_evaluator(store, evaluator, f"iter_{t}/evaluator")
     store.write_json(f"iter_{t}/metrics.json", row)
     new_first = anomalies.take(pa.array(np.argsort(-np.asarray(anomalies.column("iteration")), kind="stable")))
     store.write_bytes(f"iter_{t}/grid.png", anomaly_grid(new_first, cfg.grid_size, f"A_{t}: newest first"))

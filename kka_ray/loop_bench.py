@@ -11,13 +11,15 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from kka_ray.config import Strict, load_config
+from kka_ray.config import ConfigError, Strict, load_config
+from kka_ray.detectors.deepsad import DeepSAD
+from kka_ray.detectors.deepsad.train import CHECKPOINT_FILE
 from kka_ray.figures import iteration_curves
-from kka_ray.loop import STATE, KKAConfig, load_task, run_loop, train_workdir
+from kka_ray.loop import BASELINE_JUDGE, STATE, KKAConfig, load_task, run_loop
 from kka_ray.metrics import mean_ci
 from kka_ray.records import metric_key, write_record
 from kka_ray.runtime import init_ray
-from kka_ray.stages.evaluate import fit_evaluator, judge
+from kka_ray.stages.evaluate import judge
 from kka_ray.store import RunStore
 
 
@@ -64,34 +66,39 @@ FIXED = "fixed_judge.json"
 
 
 def fixed_judge_shares(run: KKAConfig) -> dict[str, float | None]:
-    """Hard share of every iteration's N_t under one judge, theta_C without anomalies (iteration 0's judge,
-    fitted again with the run's seed). The loop's own hard share changes judge each iteration (theta_C of
-    A_{t-1}, trained to push out anomalies like the new ones), so it mixes the language model's progress with
-    the judge's; this one follows the model alone. Cached in the run folder; None where N_t was not kept
-    (runs from before iter_t/generated.parquet)."""
+    """Hard share of every iteration's N_t under one judge, theta_C without anomalies (the judge of N_0, saved
+    by the loop). The loop's own hard share changes judge each iteration (theta_C of A_{t-1}, trained to push out
+    anomalies like the new ones), so it mixes the language model's progress with the judge's; this one follows
+    the model alone. Cached in the run folder (caches of runs from before iter_t/generated.parquet hold None
+    for those iterations)."""
     store = RunStore(f"{run.run_dir}/{run.name}")
     if store.exists(FIXED):
         return store.read_json(FIXED)
+    if not store.exists(f"{BASELINE_JUDGE}/{CHECKPOINT_FILE}"):
+        raise ConfigError(f"{store.location}: no {BASELINE_JUDGE}/{CHECKPOINT_FILE} (the run predates it); "
+                          "set fixed_judge: false")
     init_ray(run.ray)
     task = load_task(run)
-    model, _ = fit_evaluator(task, None, run.evaluator, seed=run.seed, workdir=train_workdir(run))
-    shares: dict[str, float | None] = {}
-    for t in range(run.update.iterations + 1):
-        path = f"iter_{t}/generated.parquet"
-        shares[str(t)] = (judge(model, store.read_table(path), task.val_normal, run.split.quantile).hard_share
-                          if store.exists(path) else None)
+    model = DeepSAD.from_checkpoint(run.evaluator, store.path(BASELINE_JUDGE), store.fs)
+    shares = {str(t): judge(model, store.read_table(f"iter_{t}/generated.parquet"), task.val_normal,
+                            run.split.quantile).hard_share for t in range(run.update.iterations + 1)}
     store.write_json(FIXED, shares)
     return shares
 
 
+DPO = ("dpo_loss", "dpo_reward_margin")  # how far each DPO round moved the model (loss 0.693 = not at all)
+
+
 def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
-    rows = []
+    rows, T = [], base_loop(cfg).update.iterations
     for (cls, seed), res in results.items():
         row = {"class": str(cls), "seed": seed, "auroc_no_anomalies": res["baseline"]["auroc"]}
         for r in res["rows"]:
             row[f"auroc_kka{r['iteration']}"] = r["auroc"]
             row[f"hard_share_iter{r['iteration']}"] = r["hard_share"]
             row[f"hard_in_set_iter{r['iteration']}"] = r["hard_in_set"]
+            if r["iteration"] < T:  # absent where the round had no pair (no hard or no easy anomaly)
+                row.update({f"{k}_iter{r['iteration']}": r.get(k, np.nan) for k in DPO})
         for t, share in res.get("fixed", {}).items():
             row[f"fixed_hard_share_iter{t}"] = np.nan if share is None else share
         rows.append(row)
@@ -112,6 +119,11 @@ def summarise(cfg: LoopBenchConfig, df: pd.DataFrame) -> dict[str, float]:
     for t in range(1, T):
         m[f"auroc_kka{t}"] = float(df[f"auroc_kka{t}"].mean())
         m[f"hard_share_iter{t}"] = float(df[f"hard_share_iter{t}"].mean())
+    for t in range(T):  # over the runs whose round t had pairs
+        had_pairs = df[f"dpo_loss_iter{t}"].notna()
+        m[f"dpo_rounds_iter{t}"] = int(had_pairs.sum())
+        if had_pairs.any():
+            m.update({f"{k}_iter{t}": float(df[f"{k}_iter{t}"].mean()) for k in DPO})
     fixed = [f"fixed_hard_share_iter{t}" for t in range(T + 1)]
     kept = df.dropna(subset=fixed) if fixed[0] in df else df.iloc[:0]
     if len(kept):  # same keys as the loop's own share: iter0, iter1 .. iter{T-1}, final
@@ -140,7 +152,8 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
                 for name, r in frame.iterrows()]
 
     mean = df[cols + shares].mean()
-    lines = [f"# {cfg.name}", "", f"`{command}`", "",
+    changes = f" with `{' '.join(cfg.loop_overrides)}`" if cfg.loop_overrides else ""
+    lines = [f"# {cfg.name}", "", f"`{command}`", "", f"Each run: `{cfg.loop_config}`{changes}.", "",
              f"SAD (Deep SAD) test AUROC % on {loop.dataset.name}, one class normal, {loop.update.mode} "
              f"mode, T = {T}; {len(df)} of {len(cfg.classes) * len(cfg.seeds)} runs "
              f"({', '.join(map(str, cfg.classes))} x seeds {', '.join(map(str, cfg.seeds))}). Hard share = share of "
@@ -157,9 +170,16 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
     lines += ["", f"KKA({T}) - no anomalies: {gain:+.1f} points (goal: +5); KKA({T}) - KKA(0): "
               f"{m['auroc_kka_final'] - m['auroc_kka0']:+.1f}; hard share {m['hard_share_iter0']:.3f} -> "
               f"{m['hard_share_final']:.3f}; hard anomalies in A_t {m['hard_in_set_iter0']:.1f} -> "
-              f"{m['hard_in_set_final']:.1f}.", *fixed_line(m, T), "",
+              f"{m['hard_in_set_final']:.1f}.", *fixed_line(m, T), *dpo_line(m, T), "",
               f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
     return "\n".join(lines)
+
+
+def dpo_line(m: dict[str, float], T: int) -> list[str]:
+    rounds = "; ".join(f"round {t} ({m[f'dpo_rounds_iter{t}']:.0f} runs): loss {m[f'dpo_loss_iter{t}']:.3f}, reward "
+                       f"margin {m[f'dpo_reward_margin_iter{t}']:.3f}" for t in range(T) if m[f"dpo_rounds_iter{t}"])
+    return ["", f"DPO, mean over the runs whose round had pairs: {rounds or 'no round had pairs'}. A loss of "
+            "ln 2 = 0.693 and a margin of 0 mean the round did not move the model."]
 
 
 def fixed_line(m: dict[str, float], T: int) -> list[str]:
@@ -167,8 +187,8 @@ def fixed_line(m: dict[str, float], T: int) -> list[str]:
         return []
     shares = " -> ".join(f"{m[f'hard_share_fixed_iter{t}']:.3f}" for t in range(T)) + \
         f" -> {m['hard_share_fixed_final']:.3f}"
-    return ["", f"Hard share of N_0 .. N_{T} under one fixed judge (theta_C without anomalies, fitted again with "
-            f"each run's seed; {m['fixed_judge_runs']:.0f} runs that kept every N_t): {shares}. Unlike the hard "
+    return ["", f"Hard share of N_0 .. N_{T} under one fixed judge (theta_C without anomalies, the judge of "
+            f"N_0; {m['fixed_judge_runs']:.0f} runs that kept every N_t): {shares}. Unlike the hard "
             "share above, the judge does not change, so this follows the language model alone."]
 
 
@@ -192,9 +212,10 @@ def write(cfg: LoopBenchConfig, results: dict, command: str) -> dict[str, float]
                            [float(df[f"hard_share_iter{t}"].mean()) for t in range(T + 1)],
                            m["auroc_no_anomalies"], f"{cfg.name}: mean over {len(df)} runs")
     outs = [Path(cfg.run_dir) / cfg.name] + ([Path(cfg.results_dir)] if cfg.results_dir else [])
+    runs = df.astype(object).where(df.notna(), None).to_dict("records")  # NaN (no value) -> null
     for out in outs:
         write_record(cfg.name, m, markdown(cfg, df, m, command), out, command=command,
                      extra={"config": cfg.model_dump(mode="json"),
-                            "loop_config": base_loop(cfg).model_dump(mode="json"), "runs": df.to_dict("records")})
+                            "loop_config": base_loop(cfg).model_dump(mode="json"), "runs": runs})
         (out / f"{cfg.name}.png").write_bytes(png)
     return m

@@ -67,6 +67,10 @@ def write_record(
         "metrics": metrics,
         **(extra or {}),
     }
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False)  # NaN is not JSON: missing values must be None
+    except ValueError as e:
+        raise ValueError(f"record {name}: {e} (outside metrics; use None for a missing value)") from None
+    (out / f"{name}.json").write_text(text + "\n")
     (out / f"{name}.md").write_text(markdown)
     return out / f"{name}.json"

@@ -65,6 +65,8 @@ def test_record_fields_and_validation(tmp_path):
     assert (tmp_path / "r.md").read_text() == "# r\n"
     with pytest.raises(ValueError, match="finite numbers"):
         write_record("r", {"a": float("nan")}, "", tmp_path)
+    with pytest.raises(ValueError, match="record r: .*use None"):  # NaN is not JSON anywhere in a record
+        write_record("r", {"a": 1.0}, "", tmp_path, extra={"runs": [{"x": float("nan")}]})
     assert metric_key("ankle boot") == "ankle_boot" and metric_key("T-shirt") == "t_shirt"
 
 

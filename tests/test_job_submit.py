@@ -1,6 +1,6 @@
-"""The product's cluster path: `ray start --head`, `ray job submit -- python jobs/kka_loop.py ...`, outputs
-checked, head stopped. The head runs in the foreground (--block) so stopping it leaves other Ray instances
-(the test session's own) alone."""
+"""The product's cluster path: `ray start --head`, `ray job submit -- python jobs/kka_loop.py ... --stop-after 0`
+(a time-limited job slot), outputs checked, head stopped. Resuming such a run is in test_kka_loop.py. The head
+runs in the foreground (--block) so stopping it leaves other Ray instances (the test session's own) alone."""
 
 import json
 import os
@@ -63,7 +63,8 @@ def test_ray_job_submit_runs_the_loop(head, tiny, tmp_path):
     for _ in range(12):  # the job server answers before the node's job agent is up; it says so
         out = subprocess.run(
             [Path(sys.executable).parent / "ray", "job", "submit", "--address", address, "--runtime-env-json",
-             runtime_env, "--", "python", "jobs/kka_loop.py", "--config", str(config)],
+             runtime_env, "--", "python", "jobs/kka_loop.py", "--config", str(config),
+             "--stop-after", "0"],
             env=env, capture_output=True, text=True, timeout=900)
         if "No available agent" not in out.stderr:
             break
@@ -72,9 +73,12 @@ def test_ray_job_submit_runs_the_loop(head, tiny, tmp_path):
     assert "succeeded" in out.stdout
     run = tmp_path / "runs" / "submitted"
     state = json.loads((run / "state.json").read_text())
-    assert state["completed"] == 1 and (run / "iter_1" / "anomalies.parquet").is_file()
-    assert (run / "report.md").is_file() and (run / "summary.json").is_file()
-    assert "SAD + KKA(1)" in out.stdout  # the job's report reached the submitter's terminal
+    assert state["completed"] == 0 and (run / "iter_0" / "anomalies.parquet").is_file()
+    assert not (run / "iter_1").exists() and not (run / "report.md").exists()  # the report waits for the end
+    assert json.loads((run / "summary.json").read_text())["rows"] == state["rows"]
+    # the job's progress reached the submitter's terminal, ending with how to continue
+    assert "iter 0 evaluate: SAD + KKA(0) test AUROC" in out.stdout
+    assert f"stopped after iteration 0 as asked; continue with --resume {run}" in out.stdout
 
 
 def test_without_an_address_a_fresh_local_ray_starts_despite_a_stale_cluster_file():

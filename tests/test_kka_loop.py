@@ -11,7 +11,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tiny_loop import tiny_config
 
 from kka_ray.config import ConfigError
 from kka_ray.loop import KKAConfig, load_run_config, run_loop
@@ -62,26 +61,45 @@ def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
         adapter = f"iter_{t}/adapter" if row["pairs"] else adapter
         assert row["next_adapter"] == adapter
     assert adapter, "no DPO round ran in the tiny loop: retune tiny_config's split.quantile so one does"
-    for f in ("config.yaml", "representatives.parquet", "report.md", "auroc.png", "iter_0/grid.png"):
+    for f in ("config.yaml", "representatives.parquet", "report.md", "auroc.png", "iter_0/grid.png",
+              "baseline/evaluator/deepsad.pt"):
         assert state.store.exists(f), f
     assert "SAD + KKA(2)" in state.store.read_text("report.md")
 
 
-def test_resume_after_a_stop_gives_identical_tables(tiny_run, tiny, tmp_path):
-    cfg, state = tiny_run
-    other = tiny_config(tiny, tmp_path)
-    stopped = run_loop(other, stop_after=0)
-    assert stopped.completed == 0 and not stopped.store.exists("iter_1")
+def after_iteration(state, t: int, dest: Path, **update) -> Path:
+    """A copy of the tiny run's folder as it stood when iteration t's checkpoint was written (what a run stopped
+    or killed between iterations t and t + 1 leaves), its config updated. The loop is deterministic, so this is
+    the folder a second run with --stop-after t would write, without paying for iterations 0 .. t again."""
+    later = [f"iter_{k}" for k in range(t + 1, len(state.rows))]
+    shutil.copytree(Path(state.store.path("")), dest, ignore=shutil.ignore_patterns(
+        *later, "report.md", "auroc.png", "summary.json", FIXED))
+    saved = json.loads((dest / "state.json").read_text())
+    (dest / "state.json").write_text(json.dumps({**saved, "completed": t, "rows": saved["rows"][:t + 1]}))
+    tree = yaml.safe_load((dest / "config.yaml").read_text())
+    tree.update(name=dest.name, run_dir=str(dest.parent))
+    for section, values in update.items():
+        tree[section].update(values)
+    (dest / "config.yaml").write_text(yaml.safe_dump(tree))
+    return dest
+
+
+def test_resume_after_a_stop_gives_identical_tables(tiny_run, tmp_path):
+    """Stopped after iteration 1, the run resumes with iteration 1's adapter and theta_C and ends with the
+    uninterrupted run's tables. (The stop itself, --stop-after through `ray job submit`, is in
+    test_job_submit.py.)"""
+    _, state = tiny_run
+    run = after_iteration(state, 1, tmp_path / "stopped")
     with pytest.raises(ConfigError, match="--resume"):
-        run_loop(other)  # the folder holds a run: refuse to start over it
-    resumed = run_loop(load_run_config(stopped.store.location, []), resume=True)
+        run_loop(load_run_config(str(run), []))  # the folder holds a run: refuse to start over it
+    resumed = run_loop(load_run_config(str(run), []), resume=True)
     assert resumed.completed == 2
-    for t in range(3):
-        for name in ("anomalies", "generated", "rejects"):
-            a = stable(pq.read_table(f"{state.store.path('')}/iter_{t}/{name}.parquet"))
-            b = stable(pq.read_table(f"{resumed.store.path('')}/iter_{t}/{name}.parquet"))
-            assert a.equals(b), (t, name)
+    for name in ("anomalies", "generated", "rejects"):
+        a = stable(pq.read_table(f"{state.store.path('')}/iter_2/{name}.parquet"))
+        b = stable(pq.read_table(run / f"iter_2/{name}.parquet"))
+        assert a.equals(b), name
     assert [r["auroc"] for r in resumed.rows] == [r["auroc"] for r in state.rows]
+    assert "SAD + KKA(2)" in resumed.store.read_text("report.md")
 
 
 def test_resume_refuses_changes_and_unknown_folders(tiny_run, tmp_path):
@@ -99,32 +117,30 @@ def test_rejudge_lets_the_new_anomalies_replace_the_set(tiny_run, tmp_path):
     """update.rejudge: theta_C of A_0 judges A_0 again at t = 1. Iteration 0 does not depend on it, so a copy
     of the run's iteration 0 continues with it."""
     _, state = tiny_run
-    run = tmp_path / "rejudged"
-    shutil.copytree(Path(state.store.path("")), run, ignore=shutil.ignore_patterns("iter_1", "iter_2"))
-    saved = json.loads((run / "state.json").read_text())
-    (run / "state.json").write_text(json.dumps({**saved, "completed": 0, "rows": saved["rows"][:1]}))
-    tree = yaml.safe_load((run / "config.yaml").read_text())
-    tree.update(name="rejudged", run_dir=str(tmp_path))
-    tree["update"].update(rejudge=True, iterations=1)
-    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    run = after_iteration(state, 0, tmp_path / "rejudged", update={"rejudge": True, "iterations": 1})
     out = run_loop(load_run_config(str(run), []), resume=True)
     a = pq.read_table(run / "iter_1" / "anomalies.parquet")
     assert len(a) == out.rows[0]["anomalies"] and set(a.column("judged_iteration").to_pylist()) == {1}
     old = a.filter(pc.equal(a.column("iteration"), 0))
     # rep: every easy old one goes while new ones last; so either only hard old ones stay, or all new ones came in
     assert all(old.column("hard").to_pylist()) or len(a) - len(old) == out.rows[1]["new"]
+    tree = yaml.safe_load((run / "config.yaml").read_text())
     with pytest.raises(ValueError, match="rep"):
         KKAConfig.model_validate({**tree, "update": {"mode": "add", "rejudge": True}})
 
 
-def test_fixed_judge_refits_iteration_zeros_judge(tiny_run):
-    """The benchmark's fixed judge is theta_C without anomalies fitted again with the run's seed: on N_0 it
-    repeats the loop's own verdict; the shares are cached in the run folder."""
+def test_fixed_judge_is_iteration_zeros_judge(tiny_run, tmp_path):
+    """The benchmark's fixed judge is theta_C without anomalies as the loop saved it: on N_0 it repeats the
+    loop's own verdict; the shares are cached in the run folder; a folder without that judge is refused."""
     cfg, state = tiny_run
     shares = fixed_judge_shares(cfg)
     assert list(shares) == ["0", "1", "2"] and all(0 <= s <= 1 for s in shares.values())
     assert shares["0"] == pytest.approx(state.rows[0]["hard_share"])
     assert state.store.read_json(FIXED) == shares
+    run = after_iteration(state, 0, tmp_path / "old")
+    shutil.rmtree(run / "baseline")
+    with pytest.raises(ConfigError, match="baseline/evaluator"):
+        fixed_judge_shares(load_run_config(str(run), []))
 
 
 def test_job_script_reports_config_errors(tmp_path):

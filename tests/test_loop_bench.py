@@ -8,9 +8,13 @@ import pytest
 from kka_ray.loop_bench import LoopBenchConfig, markdown, run_config, summarise, table, write
 
 
-def result(base, aurocs, shares, fixed=None):
+def result(base, aurocs, shares, fixed=None, dpo=()):
+    """dpo: (loss, margin) of each round that had pairs, None for one that had none."""
     rows = [{"iteration": t, "auroc": a, "hard_share": s, "hard_in_set": 100 * s}
             for t, (a, s) in enumerate(zip(aurocs, shares, strict=True))]
+    for row, d in zip(rows, dpo, strict=False):  # rounds: T of the T + 1 rows
+        if d is not None:
+            row.update(dpo_loss=d[0], dpo_reward_margin=d[1])
     return {"baseline": {"auroc": base}, "rows": rows, **({"fixed": fixed} if fixed else {})}
 
 
@@ -42,6 +46,20 @@ def test_summary_means_and_keys(cfg):
     record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
     assert record["metrics"]["runs"] == 4 and len(record["runs"]) == 4
     assert "fixed_judge_runs" not in m and "fixed judge" not in page
+    assert m["dpo_rounds_iter0"] == 0 and "dpo_loss_iter0" not in m and "no round had pairs" in page
+
+
+def test_dpo_means_cover_the_rounds_that_had_pairs(cfg):
+    results = {("shirt", 0): result(70, [72, 74, 76], [0.9, 0.2, 0.3], dpo=[(0.6, 0.2), (0.68, 0.02)]),
+               ("shirt", 1): result(72, [74, 76, 78], [1.0, 0.3, 0.5], dpo=[None, (0.66, 0.04)])}
+    cfg = cfg.model_copy(update={"loop_overrides": ["prefer.steps=64"]})
+    df = table(cfg, results)
+    m = summarise(cfg, df)
+    assert m["dpo_rounds_iter0"] == 1 and m["dpo_loss_iter0"] == pytest.approx(0.6)
+    assert m["dpo_rounds_iter1"] == 2 and m["dpo_reward_margin_iter1"] == pytest.approx(0.03)
+    page = markdown(cfg, df, m, "cmd")
+    assert "round 0 (1 runs): loss 0.600, reward margin 0.200; round 1 (2 runs): loss 0.670" in page
+    assert "`configs/kka/demo.yaml` with `prefer.steps=64`" in page
 
 
 def test_fixed_judge_means_cover_runs_that_kept_every_iteration(cfg):
@@ -53,6 +71,10 @@ def test_fixed_judge_means_cover_runs_that_kept_every_iteration(cfg):
     assert m["fixed_judge_runs"] == 2 and m["hard_share_fixed_iter0"] == pytest.approx(0.85)
     assert m["hard_share_fixed_iter1"] == pytest.approx(0.6) and m["hard_share_fixed_final"] == pytest.approx(0.8)
     assert "0.850 -> 0.600 -> 0.800" in markdown(cfg, df, m, "cmd")
+    write(cfg, results, "cmd")  # a run without a value gives null in the record (strict JSON)
+    runs = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"{c} in the record"))["runs"]
+    assert runs[2]["fixed_hard_share_iter0"] is None and runs[2]["fixed_hard_share_iter1"] == 0.1
 
 
 def test_run_config_per_class_and_seed(cfg):

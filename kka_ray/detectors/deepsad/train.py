@@ -38,25 +38,37 @@ def _autocast(cfg: DeepSADConfig, x: torch.Tensor):
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
-def _pretrain(spec: NetSpec, loader: DataLoader, cfg: DeepSADConfig) -> dict:
-    ae = ray.train.torch.prepare_model(AutoEncoder(spec))
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.ae_lr_milestones, gamma=0.1)
-    progress = Progress("deepsad pretrain epoch", cfg.ae_epochs)
-    for epoch in range(cfg.ae_epochs):
+def _fit_epochs(model: torch.nn.Module, loader: DataLoader, batch_loss, cfg: DeepSADConfig, *, lr: float,
+                weight_decay: float, milestones: list[int], epochs: int, label: str) -> float:
+    """The reference's optimisation for both phases: Adam, lr x 0.1 at each milestone. `batch_loss(output, x,
+    semi_targets)` is the phase's loss; returns the last epoch's mean loss over all workers."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    progress = Progress(label, epochs)
+    loss = float("nan")
+    for epoch in range(epochs):
         _set_epoch(loader, epoch)
         total = torch.zeros(2)
-        for x, _ in loader:
+        for x, t in loader:
             with _autocast(cfg, x):
-                recon = ae(x)
-            loss = F.mse_loss(recon.float(), x)
+                out = model(x)
+            batch = batch_loss(out, x, t)
             opt.zero_grad()
-            loss.backward()
+            batch.backward()
             opt.step()
-            total += torch.tensor([loss.item() * len(x), len(x)])
+            total += torch.tensor([batch.item() * len(x), len(x)])
         sched.step()
         all_reduce_sum(total)
-        progress(epoch, float(total[0] / total[1]))
+        loss = float(total[0] / total[1])
+        progress(epoch, loss)
+    return loss
+
+
+def _pretrain(spec: NetSpec, loader: DataLoader, cfg: DeepSADConfig) -> dict:
+    ae = ray.train.torch.prepare_model(AutoEncoder(spec))
+    _fit_epochs(ae, loader, lambda recon, x, _: F.mse_loss(recon.float(), x), cfg, lr=cfg.ae_lr,
+                weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_lr_milestones, epochs=cfg.ae_epochs,
+                label="deepsad pretrain epoch")
     return unwrap(ae).encoder.state_dict()
 
 
@@ -91,24 +103,12 @@ def train_loop_per_worker(config: dict) -> None:
         encoder.load_state_dict(_pretrain(spec, loader, cfg))
     net = ray.train.torch.prepare_model(encoder)
     c = _center(net, loader)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=0.1)
-    progress = Progress("deepsad train epoch", cfg.epochs)
-    for epoch in range(cfg.epochs):
-        _set_epoch(loader, epoch)
-        total = torch.zeros(2)
-        for x, t in loader:
-            with _autocast(cfg, x):
-                z = net(x)
-            loss = deep_sad_loss(squared_distance(z.float(), c), t, cfg.eta, cfg.eps)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += torch.tensor([loss.item() * len(x), len(x)])
-        sched.step()
-        all_reduce_sum(total)
-        loss = float(total[0] / total[1])
-        progress(epoch, loss)
+
+    def sad_loss(z: torch.Tensor, _, semi_targets: torch.Tensor) -> torch.Tensor:
+        return deep_sad_loss(squared_distance(z.float(), c), semi_targets, cfg.eta, cfg.eps)
+
+    loss = _fit_epochs(net, loader, sad_loss, cfg, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       milestones=cfg.lr_milestones, epochs=cfg.epochs, label="deepsad train epoch")
     _report_final({"epochs": cfg.epochs, "loss": loss}, unwrap(net), c, spec)
 
 
