@@ -212,12 +212,13 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
          f"({rendered.stats['seconds']:.0f} s)")
     if len(new) == 0:
         raise RuntimeError(f"iteration {t}: every generated line was rejected; see {store.location}/iter_{t}")
-    sp = judge(judge_model, new, task.val_normal, cfg.split.quantile)
+    rejudge = previous is not None and cfg.update.rejudge
+    sp, *old = judge(judge_model, [new, previous] if rejudge else [new], task.val_normal, cfg.split.quantile)
     new = with_split(new, sp, t)
     _say(f"iter {t} split (theta_C of A_{t - 1}): hard {sp.hard_count}, easy {sp.easy_count} of the new "
          f"(hard share {sp.hard_share:.3f}, boundary {sp.threshold:.4g})")
-    if previous is not None and cfg.update.rejudge:
-        again = judge(judge_model, previous, task.val_normal, cfg.split.quantile)
+    if rejudge:
+        again = old[0]
         previous = with_split(previous, again, t)
         _say(f"iter {t} re-judged A_{t - 1}: hard {again.hard_count}, easy {again.easy_count}")
     anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode)

@@ -50,12 +50,11 @@ def run_config(cfg: LoopBenchConfig, cls: str | int, seed: int) -> KKAConfig:
 def run_one(run: KKAConfig, fixed_judge: bool = False) -> dict:
     """A finished run is read back; a started one resumes; a new one runs."""
     store = RunStore(f"{run.run_dir}/{run.name}")
-    started = store.exists(STATE)
-    if started and store.read_json(STATE)["completed"] == run.update.iterations:
-        state = store.read_json(STATE)
-        out = {"rows": state["rows"], "baseline": state["baseline"]}
+    saved = store.read_json(STATE) if store.exists(STATE) else None
+    if saved and saved["completed"] == run.update.iterations:
+        out = {"rows": saved["rows"], "baseline": saved["baseline"]}
     else:
-        state = run_loop(run, resume=started)
+        state = run_loop(run, resume=saved is not None)
         out = {"rows": state.rows, "baseline": state.baseline}
     if fixed_judge:
         out["fixed"] = fixed_judge_shares(run)
@@ -80,8 +79,9 @@ def fixed_judge_shares(run: KKAConfig) -> dict[str, float | None]:
     init_ray(run.ray)
     task = load_task(run)
     model = DeepSAD.from_checkpoint(run.evaluator, store.path(BASELINE_JUDGE), store.fs)
-    shares = {str(t): judge(model, store.read_table(f"iter_{t}/generated.parquet"), task.val_normal,
-                            run.split.quantile).hard_share for t in range(run.update.iterations + 1)}
+    generated = [store.read_table(f"iter_{t}/generated.parquet") for t in range(run.update.iterations + 1)]
+    shares = {str(t): sp.hard_share for t, sp in enumerate(judge(model, generated, task.val_normal,
+                                                                 run.split.quantile))}
     store.write_json(FIXED, shares)
     return shares
 
@@ -90,14 +90,14 @@ DPO = ("dpo_loss", "dpo_reward_margin")  # how far each DPO round moved the mode
 
 
 def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
-    rows, T = [], base_loop(cfg).update.iterations
+    rows = []
     for (cls, seed), res in results.items():
         row = {"class": str(cls), "seed": seed, "auroc_no_anomalies": res["baseline"]["auroc"]}
         for r in res["rows"]:
             row[f"auroc_kka{r['iteration']}"] = r["auroc"]
             row[f"hard_share_iter{r['iteration']}"] = r["hard_share"]
             row[f"hard_in_set_iter{r['iteration']}"] = r["hard_in_set"]
-            if r["iteration"] < T:  # absent where the round had no pair (no hard or no easy anomaly)
+            if "pairs" in r:  # a DPO round (t < T); its figures are absent where it had no pair
                 row.update({f"{k}_iter{r['iteration']}": r.get(k, np.nan) for k in DPO})
         for t, share in res.get("fixed", {}).items():
             row[f"fixed_hard_share_iter{t}"] = np.nan if share is None else share

@@ -12,9 +12,11 @@ def result(base, aurocs, shares, fixed=None, dpo=()):
     """dpo: (loss, margin) of each round that had pairs, None for one that had none."""
     rows = [{"iteration": t, "auroc": a, "hard_share": s, "hard_in_set": 100 * s}
             for t, (a, s) in enumerate(zip(aurocs, shares, strict=True))]
-    for row, d in zip(rows, dpo, strict=False):  # rounds: T of the T + 1 rows
+    for row in rows[:-1]:  # as the loop writes them: every round t < T says how many pairs it had
+        row["pairs"] = 0
+    for row, d in zip(rows, dpo, strict=False):
         if d is not None:
-            row.update(dpo_loss=d[0], dpo_reward_margin=d[1])
+            row.update(pairs=8, dpo_loss=d[0], dpo_reward_margin=d[1])
     return {"baseline": {"auroc": base}, "rows": rows, **({"fixed": fixed} if fixed else {})}
 
 

@@ -11,6 +11,7 @@ The test split is never read here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +79,14 @@ def fit_evaluator(task: OneClassTask, anomalies: pa.Table | None, cfg: DeepSADCo
     return evaluator, metrics
 
 
-def judge(evaluator: DeepSAD, anomalies: pa.Table, val_normal: ImageSet, quantile: float) -> Split:
-    """Eq. 6 with one scoring pass over the anomalies and the validation normals."""
-    images = images_of(anomalies)
-    scores = evaluator.score(np.concatenate([images, val_normal.images]))
-    return hard_easy_split(scores[:len(images)], scores[len(images):], quantile)
+def judge(evaluator: DeepSAD, tables: Sequence[pa.Table], val_normal: ImageSet, quantile: float) -> list[Split]:
+    """Eq. 6 for each table of anomalies against one boundary, with one scoring pass over all of them and the
+    validation normals."""
+    images = [images_of(t) for t in tables]
+    scores = evaluator.score(np.concatenate([*images, val_normal.images]))
+    ends = np.cumsum([len(i) for i in images])
+    val = scores[ends[-1]:]
+    return [hard_easy_split(part, val, quantile) for part in np.split(scores[:ends[-1]], ends[:-1])]
 
 
 VERDICT = ("score", "boundary", "margin", "hard", "judged_iteration")
