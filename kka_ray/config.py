@@ -9,6 +9,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kka_ray.precision import BF16_DESCRIPTION, Bf16
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -60,7 +62,7 @@ class DeepSADConfig(Strict):
     ae_lr: float = Field(1e-4, gt=0)
     ae_lr_milestones: list[int] = Field(default_factory=lambda: [50])
     ae_weight_decay: float = Field(0.5e-3, ge=0)
-    bf16: bool = Field(False, description="bf16 autocast for the networks (losses and c stay fp32)")
+    bf16: Bf16 = Field("auto", description=BF16_DESCRIPTION + "; losses and c stay fp32")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP: gloo on CPU, NCCL on GPU)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -24,6 +24,14 @@ def mean_over_workers(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(t) / world
 
 
+def world_rank() -> int:
+    """This worker's rank in a Ray Train run; 0 outside one (a bare loop in a plain process)."""
+    try:
+        return ray.train.get_context().get_world_rank()
+    except (RuntimeError, AttributeError):
+        return 0
+
+
 class Progress:
     """Rank 0 prints about ten lines per phase: a print, not ray.train.report, which is a synchronous round
     trip through the controller that cost seconds per call here."""
@@ -31,7 +39,7 @@ class Progress:
     def __init__(self, phase: str, steps: int):
         self.phase, self.steps, self.start = phase, steps, time.time()
         self.every = max(1, steps // 10)
-        self.rank0 = ray.train.get_context().get_world_rank() == 0
+        self.rank0 = world_rank() == 0
 
     def __call__(self, step: int, loss: float) -> None:
         if self.rank0 and ((step + 1) % self.every == 0 or step + 1 == self.steps):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from kka_ray.detectors.deepsad import DeepSAD
 from kka_ray.figures import anomaly_grid, iteration_curves
 from kka_ray.metrics import auroc
 from kka_ray.render import RenderConfig
+from kka_ray.resources import peak_rss_mb
 from kka_ray.stages.evaluate import (
     SplitConfig,
     anomaly_set,
@@ -44,7 +46,7 @@ from kka_ray.stages.evaluate import (
     with_split,
 )
 from kka_ray.stages.generate import GenerateConfig, normal_context
-from kka_ray.stages.prefer import PreferConfig, adapter_files, build_pairs, run_dpo
+from kka_ray.stages.prefer import PreferConfig, adapter_files, build_pairs, mark_trained, run_dpo
 from kka_ray.stages.render import anomaly_stream, collect
 from kka_ray.stages.select import Representative, SelectConfig, representatives_table, run_select
 from kka_ray.stages.update import UpdateConfig, origin_counts, update_anomalies
@@ -73,6 +75,10 @@ class KKAConfig(Strict):
     run_dir: str = Field("runs", description="Parent of the run folder: a local path or a pyarrow URI")
     train_storage: str | None = Field(None, description="Ray Train storage (shared path or URI on a multi-node "
                                       "cluster); None = a local temporary folder")
+    reuse_pretrained: bool = Field(True, description="theta_C of every iteration starts from the autoencoder "
+                                   "pretraining of the fit without anomalies (on the train normals) instead of "
+                                   "pretraining again on normals + A_t: the pretraining is an unsupervised "
+                                   "initialisation, and repeating it cost a third of each fit")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
@@ -81,7 +87,8 @@ class LoopState:
     store: RunStore
     completed: int = -1  # last iteration whose checkpoint is complete
     rows: list[dict] = field(default_factory=list)  # per-iteration metrics
-    baseline: dict = field(default_factory=dict)  # SAD without anomalies
+    baseline: dict = field(default_factory=dict)  # SAD without anomalies, and the select stage's costs
+    pretrained: DeepSAD | None = None  # the fit whose pretrained encoder later theta_C start from
 
 
 # What a resumed run may change: where it runs, and how many iterations it goes to.
@@ -144,7 +151,12 @@ def _new_anomalies(table: pa.Table, iteration: int, adapter: str) -> pa.Table:
 def _representatives(state: LoopState, task, cfg: KKAConfig) -> list[Representative]:
     if state.store.exists("representatives.parquet"):
         return [Representative(**r) for r in state.store.read_table("representatives.parquet").to_pylist()]
+    start = time.time()
     reps = run_select(task.train_normal, cfg.select)
+    seconds = time.time() - start
+    state.baseline.update(select_seconds=seconds, select_rows_per_s=min(len(task.train_normal),
+                          cfg.select.max_samples or len(task.train_normal)) / seconds,
+                          peak_rss_mb_select=peak_rss_mb())  # the driver's; phi's actor is short-lived
     state.store.write_table("representatives.parquet", representatives_table(reps))
     return reps
 
@@ -174,16 +186,18 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
         start = time.time()
         judge_model, _ = fit_evaluator(task, None, cfg.evaluator, seed=cfg.seed, workdir=workdir)
         _save_evaluator(store, judge_model, BASELINE_JUDGE)
+        state.pretrained = judge_model
         baseline = judge_model
         if cfg.detector is not None:
             baseline = build_detector(cfg.detector)
             baseline.fit(task.train_normal, None, seed=cfg.seed, workdir=workdir)
-        state.baseline = {"auroc": _test_auroc(baseline, task), "seconds": time.time() - start}
+        state.baseline.update(auroc=_test_auroc(baseline, task), seconds=time.time() - start)
         _say(f"SAD without anomalies: test AUROC {state.baseline['auroc']:.1f} ({state.baseline['seconds']:.0f} s)")
         previous = None
     else:
         last = f"iter_{state.completed}"
         judge_model = DeepSAD.from_checkpoint(cfg.evaluator, store.path(f"{last}/evaluator"), store.fs)
+        state.pretrained = DeepSAD.from_checkpoint(cfg.evaluator, store.path(BASELINE_JUDGE), store.fs)
         previous = store.read_table(f"{last}/anomalies.parquet")
     for t in range(state.completed + 1, T + 1):
         previous, judge_model = run_iteration(cfg, state, task, reps, ctx, t, previous, judge_model,
@@ -208,12 +222,14 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     stream, renderer = anomaly_stream(reps, ctx, gen, cfg.render, *shape, iteration=t)
     rendered = collect(stream, renderer)
     new = _new_anomalies(rendered.anomalies, t, adapter)
+    costs = {k: v for k, v in rendered.stats.items() if k.startswith(STREAM_STAGES) or k.startswith("peak_rss")}
     _say(f"iter {t} generate+render: {len(new)} anomalies, {len(rendered.rejects)} lines rejected "
          f"({rendered.stats['seconds']:.0f} s)")
     if len(new) == 0:
         raise RuntimeError(f"iteration {t}: every generated line was rejected; see {store.location}/iter_{t}")
     rejudge = previous is not None and cfg.update.rejudge
-    sp, *old = judge(judge_model, [new, previous] if rejudge else [new], task.val_normal, cfg.split.quantile)
+    with _timed(costs, "split", len(new)):
+        sp, *old = judge(judge_model, [new, previous] if rejudge else [new], task.val_normal, cfg.split.quantile)
     new = with_split(new, sp, t)
     _say(f"iter {t} split (theta_C of A_{t - 1}): hard {sp.hard_count}, easy {sp.easy_count} of the new "
          f"(hard share {sp.hard_share:.3f}, boundary {sp.threshold:.4g})")
@@ -221,14 +237,21 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
         again = old[0]
         previous = with_split(previous, again, t)
         _say(f"iter {t} re-judged A_{t - 1}: hard {again.hard_count}, easy {again.easy_count}")
-    anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode)
+    with _timed(costs, "update", len(new)):
+        anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode)
     _say(f"iter {t} update ({cfg.update.mode}): |A_{t}| = {len(anomalies)}, by origin iteration "
          f"{origin_counts(anomalies)}")
-    evaluator, fit = fit_evaluator(task, anomalies, cfg.evaluator, seed=cfg.seed + t, workdir=workdir)
+    pretraining = cfg.reuse_pretrained and cfg.evaluator.pretrain and cfg.evaluator.ae_epochs > 0
+    pretrained = state.pretrained if pretraining else None
+    with _timed(costs, "evaluate", len(task.train_normal) + len(anomalies)):
+        evaluator, fit = fit_evaluator(task, anomalies, cfg.evaluator, seed=cfg.seed + t, workdir=workdir,
+                                       pretrained=pretrained)
+    costs["peak_rss_mb_evaluate"] = float(fit.get("peak_rss_mb", np.nan))
     # Test images are read only here, after this iteration's split and training are final. theta_C scores them
     # with the validation normals in one pass: those give the boundary a served run judges against.
     n_test = len(task.test)
-    scores = evaluator.score(np.concatenate([task.test.images, task.val_normal.images]))
+    with _timed(costs, "test", n_test + len(task.val_normal)):
+        scores = evaluator.score(np.concatenate([task.test.images, task.val_normal.images]))
     boundary = hard_easy_split(np.empty(0), scores[n_test:], cfg.split.quantile).threshold
     if cfg.detector is None:
         score = 100 * auroc(task.test_targets, scores[:n_test])
@@ -241,31 +264,51 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     row = {"iteration": t, "anomalies": len(anomalies), "new": len(new), "rejected": len(rendered.rejects),
            "hard": sp.hard_count, "easy": sp.easy_count, "hard_share": sp.hard_share, "hard_in_set": hard_set,
            "boundary": sp.threshold, "auroc": score, "evaluator_loss": float(fit.get("loss", np.nan)),
-           "evaluator_boundary": boundary,
+           "evaluator_boundary": boundary, "evaluator_bf16": bool(fit.get("bf16", False)),
            "images_per_s": rendered.stats.get("images_per_s", 0.0)}
     if t < T:
-        row.update(prefer(cfg, state, new, gen, lm, ctx.domain, t, adapter, workdir))
+        with _timed(costs, "dpo", 0):
+            row.update(prefer(cfg, state, new, gen, lm, ctx.domain, t, adapter, workdir))
+        costs["dpo_rows_per_s"] = row["pairs_trained"] / costs["dpo_seconds"] if row["pairs"] else 0.0
+        costs["peak_rss_mb_dpo"] = row.pop("dpo_peak_rss_mb", np.nan)
+    costs["peak_rss_mb_driver"] = peak_rss_mb()
+    row.update(costs)
     row["seconds"] = time.time() - start
     save_iteration(state, t, anomalies, new, _relative_adapter(rendered.rejects, adapter), evaluator, row, cfg)
     return anomalies, evaluator
+
+
+STREAM_STAGES = ("generate_", "clean_", "render_")
+
+
+@contextmanager
+def _timed(costs: dict, stage: str, rows: int):
+    """`<stage>_seconds` and `<stage>_rows_per_s` (rows handled per second) of the block into `costs`."""
+    start = time.time()
+    yield
+    costs[f"{stage}_seconds"] = seconds = time.time() - start
+    costs[f"{stage}_rows_per_s"] = rows / seconds if seconds > 0 else 0.0
 
 
 def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateConfig, lm, domain: str, t: int,
            adapter: str, workdir: Path) -> dict:
     """Eq. 7: DPO on pairs of this iteration's judged new anomalies (what the current model wrote). With no pair
     (no hard or no easy one) the model stays as it is."""
-    pairs = build_pairs(anomalies, gen, domain, cfg.prefer, seed=cfg.seed + t)
+    pairs = mark_trained(build_pairs(anomalies, gen, domain, cfg.prefer, seed=cfg.seed + t), cfg.prefer, cfg.seed + t)
     state.store.write_table(f"iter_{t}/pairs.parquet", pairs)
     if len(pairs) == 0:
         _say(f"iter {t} prefer (DPO): no preference pair this iteration; the next one keeps the current model")
-        return {"pairs": 0, "next_adapter": adapter}
+        return {"pairs": 0, "pairs_trained": 0, "next_adapter": adapter}
     checkpoint, dpo = run_dpo(pairs, lm, cfg.prefer, seed=cfg.seed + t, workdir=workdir)
     with checkpoint.as_directory() as d:
         state.store.put_dir(adapter_files(Path(d)), f"iter_{t}/adapter")
-    out = {"pairs": len(pairs), "next_adapter": f"iter_{t}/adapter",
+    out = {"pairs": len(pairs), "pairs_trained": int(pc.sum(pairs.column("trained")).as_py()),
+           "next_adapter": f"iter_{t}/adapter",
            "dpo_loss": dpo.get("train_loss", dpo.get("loss", np.nan)),
            "dpo_reward_accuracy": dpo.get("rewards/accuracies", np.nan),
-           "dpo_reward_margin": dpo.get("rewards/margins", np.nan)}
+           "dpo_reward_margin": dpo.get("rewards/margins", np.nan),
+           "dpo_step_seconds": dpo.get("step_seconds", np.nan), "dpo_setup_seconds": dpo.get("setup_seconds", np.nan),
+           "dpo_bf16": bool(dpo.get("bf16", False)), "dpo_peak_rss_mb": dpo.get("peak_rss_mb", np.nan)}
     _say(f"iter {t} prefer (DPO): {len(pairs)} pairs, loss {out['dpo_loss']:.4f}, reward accuracy "
          f"{out['dpo_reward_accuracy']:.2f} -> adapter iter_{t}/adapter")
     return out
@@ -294,6 +337,34 @@ def save_iteration(state: LoopState, t: int, anomalies: pa.Table, new: pa.Table,
     store.write_json(STATE, {"completed": t, "rows": state.rows, "baseline": state.baseline})
 
 
+COST_STAGES = ("select", "generate", "clean", "render", "split", "update", "evaluate", "test", "dpo")
+
+
+def stage_cost_table(rows: list[dict], baseline: dict) -> list[str]:
+    """Seconds, rows/s and peak RSS per stage and iteration (select: once, before the iterations), with the CPU
+    and the precision each component ran at."""
+    from kka_ray.precision import cpu_capability
+    from kka_ray.records import machine
+
+    def cell(r: dict, key: str, fmt: str) -> str:
+        v = r.get(key)
+        return "" if v is None or v != v else format(v, fmt)
+
+    head = ["| iteration | " + " | ".join(COST_STAGES) + " |", "| --- |" + " ---: |" * len(COST_STAGES)]
+    body = []
+    for name, r in [("select", baseline)] + [(str(r["iteration"]), r) for r in rows]:
+        for what, suffix, fmt in (("s", "seconds", ".1f"), ("rows/s", "rows_per_s", ".1f")):
+            body.append(f"| {name} {what} | " + " | ".join(cell(r, f"{s}_{suffix}", fmt) for s in COST_STAGES)
+                        + " |")
+        body.append(f"| {name} peak MB | " + " | ".join(cell(r, f"peak_rss_mb_{s}", ".0f") for s in COST_STAGES)
+                    + " |")
+    last = rows[-1] if rows else {}
+    bf16 = f"theta_C bf16 {last.get('evaluator_bf16')}" + (f", DPO bf16 {rows[0].get('dpo_bf16')}"
+                                                           if rows and "dpo_bf16" in rows[0] else "")
+    return ["Stage costs (seconds: busy time; rows/s: rows handled per busy second; peak MB: the stage's "
+            f"process). Machine: {machine()}; CPU capability {cpu_capability()}; {bf16}.", "", *head, *body]
+
+
 def final_report(cfg: KKAConfig, state: LoopState) -> str:
     rows, base = state.rows, state.baseline["auroc"]
     store = state.store
@@ -311,7 +382,8 @@ def final_report(cfg: KKAConfig, state: LoopState) -> str:
         dpo = f"{r['pairs']} | {r.get('dpo_reward_accuracy', float('nan')):.2f}" if "pairs" in r else " | "
         lines.append(f"| SAD + KKA({r['iteration']}) | {r['anomalies']} | {r['new']} | {r['hard']} | "
                      f"{r['hard_share']:.3f} | {r['auroc']:.1f} | {dpo} | {r['seconds']:.0f} |")
-    lines += ["", f"Outputs in {store.location}: config.yaml, representatives.parquet, iter_<t>/ (anomalies.parquet, "
+    lines += ["", *stage_cost_table(rows, state.baseline), "",
+              f"Outputs in {store.location}: config.yaml, representatives.parquet, iter_<t>/ (anomalies.parquet, "
               "generated.parquet, rejects.parquet, pairs.parquet, evaluator/, adapter/, metrics.json, grid.png), "
               "auroc.png, report.md"]
     return "\n".join(lines) + "\n"

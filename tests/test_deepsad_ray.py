@@ -49,3 +49,27 @@ def test_two_worker_fit_and_score(ray_local, tiny_task, tmp_path):
 def test_score_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="before fit"):
         build_detector(DeepSADConfig()).score(np.zeros((1, 28, 28, 1), np.uint8))
+
+
+def test_fit_starts_from_an_earlier_fits_pretrained_encoder(ray_local, tiny_task, tmp_path):
+    import torch
+
+    task, normals, _, _ = tiny_task
+    cfg = DeepSADConfig(epochs=1, ae_epochs=1, batch_size=128, cpus_per_worker=1, score_batch_size=100)
+    first = build_detector(cfg)
+    first.fit(normals, None, seed=0, workdir=tmp_path)
+    second = build_detector(cfg.model_copy(update={"ae_epochs": 500}))  # would take minutes if it pretrained
+    second.fit(normals, task.oracle_anomalies(16), seed=1, workdir=tmp_path, pretrained=first)
+
+    def saved(det):
+        with det.checkpoint.as_directory() as d:
+            return torch.load(f"{d}/deepsad.pt", weights_only=True)
+
+    a, b = saved(first), saved(second)
+    assert a["pretrained"].keys() == b["pretrained"].keys()
+    assert all(torch.equal(a["pretrained"][k], b["pretrained"][k]) for k in a["pretrained"])
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    no_pretraining = build_detector(cfg.model_copy(update={"pretrain": False}))
+    no_pretraining.fit(normals, None, seed=0, workdir=tmp_path)
+    with pytest.raises(Exception, match="holds no pretrained encoder"):
+        build_detector(cfg).fit(normals, None, seed=0, workdir=tmp_path, pretrained=no_pretraining)

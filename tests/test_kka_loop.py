@@ -47,6 +47,16 @@ def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
         kept = set(n.filter(n.column("in_set")).column("anomaly_id").to_pylist())
         assert kept == set(a.filter(pc.equal(a.column("iteration"), t)).column("anomaly_id").to_pylist())
         assert 0 <= row["auroc"] <= 100
+        for stage in ("generate", "clean", "render", "split", "update", "evaluate", "test"):  # stage costs
+            assert row[f"{stage}_seconds"] > 0 and row[f"{stage}_rows_per_s"] > 0, (t, stage)
+        for stage in ("generate", "clean", "render", "evaluate", "driver"):
+            assert 100 < row[f"peak_rss_mb_{stage}"] < 24_000, (t, stage)
+        if row.get("pairs"):
+            assert row["dpo_seconds"] > row["dpo_step_seconds"] > 0 and row["peak_rss_mb_dpo"] > 100
+            assert row["pairs_trained"] == min(row["pairs"], cfg.prefer.steps * cfg.prefer.batch_size)
+        assert "generate_seconds" not in a.column_names and "clean_peak_rss_mb" not in a.column_names
+    assert state.baseline["select_seconds"] > 0 and state.baseline["peak_rss_mb_select"] > 100
+    assert "| 0 s |" in state.store.read_text("report.md") and "CPU capability" in state.store.read_text("report.md")
     adapter = ""  # the model that generates: the base, then the latest DPO adapter
     for t in range(3):
         adapters = set(pq.read_table(f"{root}/iter_{t}/anomalies.parquet").filter(

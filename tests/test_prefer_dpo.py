@@ -33,6 +33,7 @@ def test_second_round_continues_the_first_with_it_as_reference(ray_local, tiny, 
     first, m1 = run_dpo(pairs(), lm, cfg, seed=0, workdir=tmp_path / "w")
     a1 = saved_adapter(first, tmp_path / "a1")
     assert m1["step"] == 3 and m1["rewards/margins"] > 0  # it learnt to prefer the chosen text
+    assert m1["step_seconds"] > 0 and m1["setup_seconds"] > 0  # stage costs for the loop's metrics
     # One step of the next round: the policy starts as the first round's model; if the reference is that same
     # model the first loss is exactly log 2 and the reward margin 0 (against the base it would not be).
     second, m2 = run_dpo(pairs(), lm.model_copy(update={"adapter": str(a1)}), cfg.model_copy(update={"steps": 1}),

@@ -6,7 +6,7 @@ import pytest
 
 from kka_ray.stages.evaluate import Split, hard_easy_split, with_split
 from kka_ray.stages.generate import GenerateConfig
-from kka_ray.stages.prefer import PreferConfig, build_pairs, dpo_records
+from kka_ray.stages.prefer import PreferConfig, build_pairs, dpo_records, mark_trained
 from kka_ray.stages.update import origin_counts, update_anomalies
 
 
@@ -106,3 +106,14 @@ def test_no_pairs_without_hard_or_easy():
     all_hard = table(3, hard=[True] * 3, margin=[1, 2, 3])
     assert len(build_pairs(none_hard, gen, "x", PreferConfig(), seed=0)) == 0
     assert len(build_pairs(all_hard, gen, "x", PreferConfig(), seed=0)) == 0
+
+
+def test_trained_pairs_are_what_the_steps_consume():
+    gen = GenerateConfig()
+    a = table(7, hard=[True, False, False, True, True, False, False], margin=[0] * 7, clusters=[0, 0, 0, 1, 2, 2, 2])
+    pairs = build_pairs(a, gen, "clothing items", PreferConfig(pairs_per_hard=2), seed=0)
+    marked = mark_trained(pairs, PreferConfig(steps=2, batch_size=2), seed=0)
+    assert marked.column("trained").to_pylist().count(True) == 4  # 2 steps x 2 pairs
+    assert marked.column("trained").to_pylist() == mark_trained(pairs, PreferConfig(steps=2, batch_size=2),
+                                                                seed=0).column("trained").to_pylist()
+    assert all(mark_trained(pairs, PreferConfig(steps=20), seed=0).column("trained").to_pylist())  # fewer: all

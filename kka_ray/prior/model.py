@@ -13,6 +13,7 @@ from pydantic import Field
 from transformers import AutoTokenizer, BertModel
 
 from kka_ray.config import RayConfig, Strict
+from kka_ray.precision import BF16_DESCRIPTION, Bf16
 from kka_ray.prior.corpus import CorpusConfig
 from kka_ray.text.encoder import offline_model_dir
 
@@ -38,8 +39,8 @@ class PriorConfig(Strict):
     warmup_steps: int = Field(200, ge=0)
     batch_size: int = Field(64, ge=1, description="Per worker")
     ema_decay: float = Field(0.999, gt=0, lt=1)
-    bf16: bool = Field(False, description="bf16 autocast; slower than fp32 for these GroupNorm-heavy nets on the "
-                       "2-core CPUs here (measured), a win on GPUs")
+    bf16: Bf16 = Field("auto", description=BF16_DESCRIPTION + " (fp32 is faster for these GroupNorm-heavy "
+                       "nets on CPUs, bf16 on GPUs)")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP); one single-threaded worker per core "
                              "avoids the OpenMP stalls that two threads on these small ops showed")
     cpus_per_worker: float = Field(1.0, gt=0)

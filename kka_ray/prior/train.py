@@ -18,6 +18,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
 from kka_ray.ddp import Progress, mean_over_workers, unwrap
+from kka_ray.precision import resolve_bf16
 from kka_ray.prior.corpus import Corpus, build_corpus
 from kka_ray.prior.model import (
     PriorConfig,
@@ -139,6 +140,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    cfg = cfg.model_copy(update={"bf16": resolve_bf16("prior", cfg.bf16, device.type)})
     corpus = ray.get(config["corpus"])
     vae, scaling = train_vae(corpus, cfg, device, rng)
     vae.register_to_config(scaling_factor=scaling)

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from kka_ray.config import Strict
 from kka_ray.data.base import resize_images
 from kka_ray.registry import Registry
+from kka_ray.resources import peak_rss_mb
 
 
 class RenderConfig(Strict):
@@ -93,7 +94,7 @@ class RenderActor(ABC):
         end = time.time()
         return {**batch, "image": images, "rendered": keep, "render_seed": seeds,
                 "render_seconds": np.full(n, end - start), "render_start": np.full(n, start),
-                "render_end": np.full(n, end)}
+                "render_end": np.full(n, end), "render_peak_rss_mb": np.full(n, peak_rss_mb())}
 
 
 class RenderBackend(ABC):

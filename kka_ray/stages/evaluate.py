@@ -71,11 +71,12 @@ def anomaly_set(anomalies: pa.Table) -> ImageSet:
 
 
 def fit_evaluator(task: OneClassTask, anomalies: pa.Table | None, cfg: DeepSADConfig, *, seed: int,
-                  workdir: Path) -> tuple[DeepSAD, dict]:
-    """Eq. 5: theta_C on (train normals labelled normal, A labelled anomaly); no A = Deep SVDD on normals."""
+                  workdir: Path, pretrained: DeepSAD | None = None) -> tuple[DeepSAD, dict]:
+    """Eq. 5: theta_C on (train normals labelled normal, A labelled anomaly); no A = Deep SVDD on normals.
+    With `pretrained`, the encoder starts from that fit's autoencoder pretraining instead of a new one."""
     evaluator = DeepSAD(cfg)
     metrics = evaluator.fit(task.train_normal, anomaly_set(anomalies) if anomalies is not None else None,
-                            seed=seed, workdir=workdir)
+                            seed=seed, workdir=workdir, pretrained=pretrained)
     return evaluator, metrics
 
 

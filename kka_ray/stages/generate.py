@@ -23,6 +23,7 @@ from kka_ray.actor_map import driver_blocks
 from kka_ray.config import Strict
 from kka_ray.data.task import OneClassTask
 from kka_ray.llm import LMConfig, build_backend
+from kka_ray.resources import peak_rss_mb
 from kka_ray.stages.select import Representative
 from kka_ray.text.clean import CleanConfig, clean
 
@@ -148,12 +149,14 @@ class Cleaner:
         self.kept_keys: set[str] = set()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        start = time.time()
         rows = batch.rename(columns={"generated_text": "text"}).assign(
             truncated=batch["num_generated_tokens"] >= self.provenance["max_new_tokens"]).to_dict("records")
         kept, rejected = clean(rows, self.ctx.normal_names, self.ctx.other_names, self.ctx.normal_descriptions,
                                self.cfg, self.encoder, kept_keys=self.kept_keys)
         lines = pd.DataFrame([{**r, "reason": ""} for r in kept] + rejected)
-        return lines.sort_values("row_id", kind="stable").assign(**self.provenance)
+        return lines.sort_values("row_id", kind="stable").assign(
+            **self.provenance, clean_start=start, clean_end=time.time(), clean_peak_rss_mb=peak_rss_mb())
 
 
 def description_stream(reps: Sequence[Representative], ctx: NormalContext, cfg: GenerateConfig, iteration: int):
@@ -198,13 +201,43 @@ def generation_stats(lines: pa.Table, wall_seconds: float) -> dict[str, float]:
     return stats
 
 
+# Columns the stream's actors add only to measure the stages; they go to the stats, not to the tables.
+COST_COLUMNS = ("lm_peak_rss_mb", "clean_start", "clean_end", "clean_peak_rss_mb", "render_peak_rss_mb")
+# stage -> (start column, end column, what a row counts, peak-memory column)
+_STAGES = {"generate": ("batch_start", "batch_end", "completions", "lm_peak_rss_mb"),
+           "clean": ("clean_start", "clean_end", "lines", "clean_peak_rss_mb"),
+           "render": ("render_start", "render_end", "images", "render_peak_rss_mb")}
+
+
+def stream_costs(columns: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per streaming stage: busy seconds (the sum of its batches' durations), rows per busy second, and the
+    peak RSS of its actor processes, from the timing columns the actors add to every row."""
+    rows = {"completions": len(np.unique(columns["row_id"])), "lines": len(columns["row_id"]),
+            "images": int(np.asarray(columns.get("rendered", [])).astype(bool).sum())}
+    out: dict[str, float] = {}
+    for stage, (begin, end, unit, rss) in _STAGES.items():
+        if begin not in columns:
+            continue
+        spans = np.unique(np.stack([columns[begin], columns[end]], axis=1).astype(np.float64), axis=0)
+        busy = float((spans[:, 1] - spans[:, 0]).sum())
+        out[f"{stage}_seconds"] = busy
+        out[f"{stage}_rows_per_s"] = rows[unit] / busy if busy > 0 else 0.0
+        if rss in columns:
+            out[f"peak_rss_mb_{stage}"] = float(np.max(columns[rss]))
+    return out
+
+
 def generate_descriptions(reps, ctx: NormalContext, cfg: GenerateConfig, iteration: int = 0) -> GenerationResult:
     """Run the stream to the end and split kept from rejected lines."""
     start = time.time()
     refs = description_stream(reps, ctx, cfg, iteration).to_arrow_refs()
     # Blocks arrive in whatever order the pool finishes them; a stable sort restores generation order.
     lines = pa.concat_tables(ray.get(refs), promote_options="permissive").sort_by("row_id")
-    stats = generation_stats(lines, time.time() - start)
+    costs = [c for c in COST_COLUMNS if c in lines.column_names]
+    stats = generation_stats(lines, time.time() - start) | stream_costs(
+        {c: lines.column(c).to_numpy() for c in ("row_id", "batch_start", "batch_end", *costs)
+         if c in lines.column_names})
+    lines = lines.drop_columns(costs)
     kept_mask = pc.equal(lines.column("reason"), "")
     return GenerationResult(lines.filter(kept_mask).drop_columns(["reason"]),
                             lines.filter(pc.invert(kept_mask)), stats)

@@ -16,6 +16,7 @@ a PeftModel passed without a ref_model). Every iteration's adapter is a standalo
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from pydantic import Field
 
 from kka_ray.config import Strict
 from kka_ray.llm import LMConfig
+from kka_ray.precision import BF16_DESCRIPTION, Bf16, resolve_bf16
+from kka_ray.resources import peak_rss_mb
 from kka_ray.stages.generate import GenerateConfig, messages_for
 
 
@@ -43,7 +46,10 @@ class PreferConfig(Strict):
     max_length: int = Field(512, ge=16, description="Longest prompt + completion in tokens (truncated beyond)")
     pairs_per_hard: int = Field(4, ge=1, description="Easy descriptions each hard one is paired with")
     max_pairs: int = Field(600, ge=1, description="Cap on pairs per iteration (authors: about 590)")
-    bf16: bool = Field(False, description="bf16 training (fp32 lowered the loss faster per step on CPU here)")
+    bf16: Bf16 = Field("auto", description=BF16_DESCRIPTION)
+    precompute_ref: bool = Field(True, description="Reference log-probabilities computed once before training, "
+                                 "in no-grad batches of `ref_batch_size`, for the pairs the steps will use")
+    ref_batch_size: int = Field(16, ge=1, description="Pairs per reference forward pass when precomputed")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DPO)")
     cpus_per_worker: float = Field(2.0, gt=0)
     use_gpu: bool = False
@@ -79,6 +85,18 @@ def build_pairs(anomalies: pa.Table, gen: GenerateConfig, domain: str, cfg: Pref
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def mark_trained(pairs: pa.Table, cfg: PreferConfig, seed: int) -> pa.Table:
+    """A `trained` column: the seeded draw of the pairs the DPO steps consume (steps x batch x accumulation x
+    workers). The trainer would draw as many at random anyway; drawing them first means the reference
+    log-probabilities are precomputed for those pairs only, not for all `max_pairs`."""
+    used = cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.num_workers
+    mask = np.ones(len(pairs), dtype=bool)
+    if len(pairs) > used:
+        mask[:] = False
+        mask[np.random.default_rng(seed).choice(len(pairs), used, replace=False)] = True
+    return pairs.append_column("trained", pa.array(mask))
+
+
 def dpo_records(pairs: pa.Table) -> list[dict]:
     """trl's conversational preference format: the prompt's messages, one assistant turn per completion."""
     return [{"prompt": r["prompt"],
@@ -92,12 +110,33 @@ def dpo_loop_per_worker(config: dict) -> None:
     from datasets import Dataset
     from peft import LoraConfig
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from kka_ray.llm.hf import load_causal_lm
 
+    class StageTimes(TrainerCallback):
+        """Adds the mean optimizer-step seconds and the setup seconds (reference precompute included) to the
+        logged metrics that RayTrainReportCallback reports with the checkpoint (it runs after this one)."""
+
+        def __init__(self, setup_start: float):
+            self.setup_start, self.times, self.setup = setup_start, [], 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.setup = time.time() - self.setup_start
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_start = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.time() - self.step_start)
+            if state.global_step >= state.max_steps:
+                state.log_history.append({"step_seconds": float(np.mean(self.times)), "setup_seconds": self.setup,
+                                          "bf16": float(args.bf16), "peak_rss_mb": peak_rss_mb()})
+
     datasets.utils.logging.set_verbosity_error()  # its cache fingerprinting dumps bytecode on trl's lambdas
     datasets.disable_caching()
+    setup_start = time.time()
     cfg, lm = PreferConfig(**config["prefer"]), LMConfig(**config["lm"])
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -111,21 +150,27 @@ def dpo_loop_per_worker(config: dict) -> None:
         args = DPOConfig(
             output_dir=out, beta=cfg.beta, learning_rate=cfg.learning_rate, max_steps=cfg.steps,
             per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            max_length=cfg.max_length, bf16=cfg.bf16, gradient_checkpointing=False, use_cpu=device == "cpu",
+            max_length=cfg.max_length, bf16=resolve_bf16("dpo", cfg.bf16, device), gradient_checkpointing=False,
+            use_cpu=device == "cpu",
             logging_steps=max(1, cfg.steps // 10), save_strategy="steps", save_steps=cfg.steps,
             save_only_model=True, report_to="none", seed=config["seed"], data_seed=config["seed"],
             disable_tqdm=True, dataloader_num_workers=0, ddp_find_unused_parameters=False,
+            precompute_ref_log_probs=cfg.precompute_ref, precompute_ref_batch_size=cfg.ref_batch_size,
         )
         trainer = DPOTrainer(model, args=args, train_dataset=Dataset.from_list(ray.get(config["pairs"])),
-                             processing_class=tok, peft_config=lora, callbacks=[RayTrainReportCallback()])
+                             processing_class=tok, peft_config=lora,
+                             callbacks=[StageTimes(setup_start), RayTrainReportCallback()])
         prepare_trainer(trainer).train()
 
 
 def run_dpo(pairs: pa.Table, lm: LMConfig, cfg: PreferConfig, *, seed: int, workdir: Path):
-    """Fine-tune `lm` (base + its adapter, if any) on the pairs; returns (checkpoint with the adapter, metrics)."""
+    """Fine-tune `lm` (base + its adapter, if any) on the pairs (those marked `trained` where the column is
+    there); returns (checkpoint with the adapter, metrics)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    if "trained" in pairs.column_names:
+        pairs = pairs.filter(pairs.column("trained"))
     if len(pairs) == 0:
         raise ValueError("DPO needs at least one preference pair (no hard or no easy anomaly this iteration)")
     trainer = TorchTrainer(

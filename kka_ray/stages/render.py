@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from kka_ray.render import RenderConfig, build_renderer
-from kka_ray.stages.generate import GenerateConfig, NormalContext, description_stream
+from kka_ray.stages.generate import COST_COLUMNS, GenerateConfig, NormalContext, description_stream, stream_costs
 from kka_ray.stages.select import Representative
 
 _RENDER_ONLY = ("image", "rendered", "render_seed", "render_seconds", "render_start", "render_end")
@@ -51,7 +51,8 @@ def collect(stream, renderer_id: str) -> RenderResult:
         order = np.argsort(data["row_id"], kind="stable")
         data = {k: v[order] for k, v in data.items()}
     kept = data["rendered"].astype(bool)
-    meta = {k: v for k, v in data.items() if k not in _RENDER_ONLY}
+    costs = stream_costs(data)
+    meta = {k: v for k, v in data.items() if k not in _RENDER_ONLY and k not in COST_COLUMNS}
     anomalies = pa.table({
         **{k: _column(v[kept]) for k, v in meta.items() if k != "reason"},
         "renderer": [renderer_id] * int(kept.sum()),
@@ -62,7 +63,7 @@ def collect(stream, renderer_id: str) -> RenderResult:
     rejects = pa.table({k: _column(v[~kept]) for k, v in meta.items()})
     wall = time.time() - start
     stats = {"anomalies": len(anomalies), "rejected": len(rejects), "seconds": wall,
-             "images_per_s_wall": len(anomalies) / wall}
+             "images_per_s_wall": len(anomalies) / wall, **costs}
     if kept.any():  # busy span of the render pool: first batch's start to last batch's end
         span = float(data["render_end"][kept].max() - data["render_start"][kept].min())
         stats["images_per_s"] = len(anomalies) / span

@@ -48,7 +48,10 @@ class DeepSAD(Detector):
         det.checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
         return det
 
-    def fit(self, normals: ImageSet, anomalies: ImageSet | None, *, seed: int, workdir: Path) -> dict:
+    def fit(self, normals: ImageSet, anomalies: ImageSet | None, *, seed: int, workdir: Path,
+            pretrained: DeepSAD | None = None) -> dict:
+        """`pretrained`: a fitted Deep SAD whose autoencoder-pretrained encoder this fit starts from, instead of
+        pretraining again (the KKA loop's later iterations start from the one pretrained on the normals)."""
         cfg = self.cfg
         h, w, ch = normals.shape
         if h != w:
@@ -61,6 +64,7 @@ class DeepSAD(Detector):
                 "spec": spec.__dict__,
                 "seed": seed,
                 "data": ray.put(training_arrays(normals, anomalies)),
+                "pretrained": pretrained.checkpoint if pretrained is not None else None,
             },
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from kka_ray.config import DeepSADConfig
 from kka_ray.ddp import Progress, all_reduce_sum, unwrap
 from kka_ray.detectors.deepsad.loss import deep_sad_loss, fix_center, squared_distance
 from kka_ray.detectors.deepsad.networks import AutoEncoder, Encoder, NetSpec
+from kka_ray.precision import resolve_bf16
+from kka_ray.resources import peak_rss_mb
 
 CHECKPOINT_FILE = "deepsad.pt"
 
@@ -34,14 +37,16 @@ def _set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 def _autocast(cfg: DeepSADConfig, x: torch.Tensor):
-    # bf16 autocast is ~2.8x faster for these convolutions on CPUs with AVX512_BF16; losses stay fp32.
-    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    # cfg.bf16 is resolved to a bool per device by the worker (kka_ray/precision.py); losses stay fp32.
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
 
 
 def _fit_epochs(model: torch.nn.Module, loader: DataLoader, batch_loss, cfg: DeepSADConfig, *, lr: float,
-                weight_decay: float, milestones: list[int], epochs: int, label: str) -> float:
+                weight_decay: float, milestones: list[int], epochs: int, label: str) -> tuple[float, float]:
     """The reference's optimisation for both phases: Adam, lr x 0.1 at each milestone. `batch_loss(output, x,
-    semi_targets)` is the phase's loss; returns the last epoch's mean loss over all workers."""
+    semi_targets)` is the phase's loss; returns the last epoch's mean loss over all workers and the mean
+    seconds per epoch."""
+    start = time.time()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
     progress = Progress(label, epochs)
@@ -61,15 +66,56 @@ def _fit_epochs(model: torch.nn.Module, loader: DataLoader, batch_loss, cfg: Dee
         all_reduce_sum(total)
         loss = float(total[0] / total[1])
         progress(epoch, loss)
-    return loss
+    return loss, (time.time() - start) / max(1, epochs)
 
 
-def _pretrain(spec: NetSpec, loader: DataLoader, cfg: DeepSADConfig) -> dict:
-    ae = ray.train.torch.prepare_model(AutoEncoder(spec))
-    _fit_epochs(ae, loader, lambda recon, x, _: F.mse_loss(recon.float(), x), cfg, lr=cfg.ae_lr,
-                weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_lr_milestones, epochs=cfg.ae_epochs,
-                label="deepsad pretrain epoch")
-    return unwrap(ae).encoder.state_dict()
+def _identity(x):
+    return x
+
+
+@dataclass
+class Fitted:
+    net: Encoder
+    c: torch.Tensor
+    pretrained: dict | None  # encoder weights after the autoencoder phase (this fit's or the one it started from)
+    metrics: dict
+
+
+def fit_deep_sad(data: dict, spec: NetSpec, cfg: DeepSADConfig, seed: int, pretrained: dict | None = None, *,
+                 prepare_model=_identity, prepare_loader=_identity) -> Fitted:
+    """Both phases on `data` (images, semi_targets); cfg.bf16 must be resolved. Ray Train's worker passes its
+    prepare_model / prepare_data_loader (DDP, sharding); the identities give the bare loop the perf benchmark
+    compares it with."""
+    torch.manual_seed(seed)
+    dataset = TensorDataset(to_tensor(data["images"]), torch.from_numpy(data["semi_targets"]))
+    gen = torch.Generator().manual_seed(seed)
+    loader = prepare_loader(DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen))
+    metrics = {"epochs": cfg.epochs, "bf16": float(cfg.bf16)}
+    encoder = Encoder(spec)
+    if pretrained is None and cfg.pretrain and cfg.ae_epochs:
+        ae = prepare_model(AutoEncoder(spec))
+        _, metrics["ae_epoch_seconds"] = _fit_epochs(
+            ae, loader, lambda recon, x, _: F.mse_loss(recon.float(), x), cfg, lr=cfg.ae_lr,
+            weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_lr_milestones, epochs=cfg.ae_epochs,
+            label="deepsad pretrain epoch")
+        pretrained = unwrap(ae).encoder.state_dict()
+    if pretrained is not None:
+        encoder.load_state_dict(pretrained)
+    net = prepare_model(encoder)
+    c = _center(net, loader)
+
+    def sad_loss(z: torch.Tensor, _, semi_targets: torch.Tensor) -> torch.Tensor:
+        return deep_sad_loss(squared_distance(z.float(), c), semi_targets, cfg.eta, cfg.eps)
+
+    metrics["loss"], metrics["epoch_seconds"] = _fit_epochs(
+        net, loader, sad_loss, cfg, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=cfg.lr_milestones,
+        epochs=cfg.epochs, label="deepsad train epoch")
+    return Fitted(unwrap(net), c, pretrained, metrics)
+
+
+def resolved(cfg: DeepSADConfig, device: str) -> DeepSADConfig:
+    """The config with `bf16: auto` decided for this device (kka_ray/precision.py)."""
+    return cfg.model_copy(update={"bf16": resolve_bf16("deepsad", cfg.bf16, device)})
 
 
 @torch.no_grad()
@@ -87,43 +133,46 @@ def _center(net: torch.nn.Module, loader: DataLoader, eps: float = 0.1) -> torch
 
 
 def train_loop_per_worker(config: dict) -> None:
-    cfg = DeepSADConfig(**config["cfg"])
-    spec = NetSpec(**config["spec"])
-    torch.manual_seed(config["seed"])
+    cfg = resolved(DeepSADConfig(**config["cfg"]), ray.train.torch.get_device().type)
     torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
-    data = ray.get(config["data"])
-    dataset = TensorDataset(to_tensor(data["images"]), torch.from_numpy(data["semi_targets"]))
-    gen = torch.Generator().manual_seed(config["seed"])
-    loader = ray.train.torch.prepare_data_loader(
-        DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=False)
-    )
-
-    encoder = Encoder(spec)
-    if cfg.pretrain and cfg.ae_epochs:
-        encoder.load_state_dict(_pretrain(spec, loader, cfg))
-    net = ray.train.torch.prepare_model(encoder)
-    c = _center(net, loader)
-
-    def sad_loss(z: torch.Tensor, _, semi_targets: torch.Tensor) -> torch.Tensor:
-        return deep_sad_loss(squared_distance(z.float(), c), semi_targets, cfg.eta, cfg.eps)
-
-    loss = _fit_epochs(net, loader, sad_loss, cfg, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       milestones=cfg.lr_milestones, epochs=cfg.epochs, label="deepsad train epoch")
-    _report_final({"epochs": cfg.epochs, "loss": loss}, unwrap(net), c, spec)
+    fitted = fit_deep_sad(ray.get(config["data"]), NetSpec(**config["spec"]), cfg, config["seed"],
+                          _pretrained_encoder(config.get("pretrained")),
+                          prepare_model=ray.train.torch.prepare_model,
+                          prepare_loader=ray.train.torch.prepare_data_loader)
+    _report_final({**fitted.metrics, "peak_rss_mb": peak_rss_mb()}, fitted.net, fitted.c,
+                  NetSpec(**config["spec"]), fitted.pretrained)
 
 
-def _report_final(metrics: dict, net: torch.nn.Module, c: torch.Tensor, spec: NetSpec) -> None:
+def _pretrained_encoder(checkpoint: ray.train.Checkpoint | None) -> dict | None:
+    """The encoder weights after autoencoder pretraining that an earlier fit saved, if one is given."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as path:
+        state = _read(path)
+    if state.get("pretrained") is None:
+        raise ValueError(f"Deep SAD checkpoint {checkpoint.path}: it holds no pretrained encoder (fitted with "
+                         "pretrain off); fit the source with autoencoder pretraining")
+    return state["pretrained"]
+
+
+def _report_final(metrics: dict, net: torch.nn.Module, c: torch.Tensor, spec: NetSpec,
+                  pretrained: dict | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
-            torch.save({"state_dict": net.state_dict(), "c": c.cpu(), "spec": asdict(spec)},
+            torch.save({"state_dict": net.state_dict(), "c": c.cpu(), "spec": asdict(spec), "pretrained": pretrained},
                        Path(tmp) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _read(path: str | Path) -> dict:
+    # weights_only: a checkpoint holds tensors and plain values only, and may come from shared storage.
+    return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: str | Path) -> tuple[Encoder, torch.Tensor]:
-    state = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    state = _read(path)
     net = Encoder(NetSpec(**state["spec"]))
     net.load_state_dict(state["state_dict"])
     return net.eval(), state["c"]

@@ -1,0 +1,190 @@
+"""Measurements behind `jobs/bench_perf.py`: each stage of the loop on this machine, through Ray and against a
+bare loop over the same model and data, and each precision where the choice is made by measurement.
+
+Every function returns a flat dict of numbers; the job caches each section and writes the record.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from pydantic import Field
+
+from kka_ray.config import Strict
+from kka_ray.detectors.deepsad import DeepSAD
+from kka_ray.detectors.deepsad.detector import training_arrays
+from kka_ray.detectors.deepsad.networks import net_spec
+from kka_ray.detectors.deepsad.train import fit_deep_sad, resolved
+from kka_ray.loop import KKAConfig
+from kka_ray.stages.generate import GenerateConfig, NormalContext, generate_descriptions, messages_for
+from kka_ray.stages.prefer import run_dpo
+from kka_ray.stages.render import anomaly_stream, collect
+
+SECTIONS = ("deepsad", "lm", "dpo", "stream", "demo", "tests")
+
+
+class PerfConfig(Strict):
+    loop: str = Field("configs/kka/demo.yaml", description="The KKA config whose stages are measured")
+    sections: list[str] = Field(default_factory=lambda: list(SECTIONS), description=f"Any of {SECTIONS}")
+    timing_epochs: int = Field(3, ge=2, description="Deep SAD epochs per phase for the per-epoch times")
+    dpo_steps: int = Field(8, ge=2, description="DPO steps per measured variant")
+    stream_repeats: int = Field(3, ge=1, description="Runs of the streaming chain and of the staged one (median)")
+    demo_command: str = Field("make demo", description="What the demo section times")
+    test_command: str = Field("make test", description="What the tests section times")
+    record: str = Field("perf-cpu", description="Record name in docs/results/ (perf-cpu-<kind> on another CPU kind)")
+    cache_dir: str = Field("runs/perf", description="Finished sections are kept here; a rerun skips them")
+
+
+def _timed(fn, *args, **kwargs) -> tuple[object, float]:
+    start = time.time()
+    out = fn(*args, **kwargs)
+    return out, time.time() - start
+
+
+def deepsad(task, cfg: KKAConfig, epochs: int, workdir: Path) -> dict[str, float]:
+    """Seconds per epoch of each phase in fp32 and bf16 (bare loop, the evaluator's batch and threads), and one
+    whole fit of the evaluator config through Ray Train against the same fit in a bare loop in this process."""
+    ev = cfg.evaluator
+    data, spec = training_arrays(task.train_normal, None), net_spec(ev.net, task.train_normal.shape[2],
+                                                                     task.train_normal.shape[0], ev.rep_dim)
+    torch.set_num_threads(ev.torch_threads or max(1, int(ev.cpus_per_worker)))
+    out: dict[str, float] = {}
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        short = ev.model_copy(update={"bf16": bf16, "epochs": epochs, "ae_epochs": epochs})
+        m = fit_deep_sad(data, spec, short, cfg.seed).metrics
+        out[f"deepsad_ae_epoch_s_{name}"], out[f"deepsad_epoch_s_{name}"] = m["ae_epoch_seconds"], m["epoch_seconds"]
+    _, out["deepsad_fit_s_bare"] = _timed(fit_deep_sad, data, spec, resolved(ev, "cpu"), cfg.seed)
+    _, out["deepsad_fit_s_ray"] = _timed(DeepSAD(ev).fit, task.train_normal, None, seed=cfg.seed, workdir=workdir)
+    out["deepsad_ray_vs_bare_ratio"] = out["deepsad_fit_s_bare"] / out["deepsad_fit_s_ray"]
+    # The benchmark's fit (configs/benchmark/fmnist_deepsad.yaml: 40 + 80 epochs) from the measured epoch times
+    # and the Ray fit's fixed cost (start-up, checkpoint), to show the ratio where fits are long.
+    fixed = out["deepsad_fit_s_ray"] - out["deepsad_fit_s_bare"]
+    chosen = "bf16" if resolved(ev, "cpu").bf16 else "fp32"
+    long_fit = 40 * out[f"deepsad_ae_epoch_s_{chosen}"] + 80 * out[f"deepsad_epoch_s_{chosen}"]
+    out["deepsad_ray_vs_bare_ratio_120_epochs"] = long_fit / (long_fit + fixed)
+    out["deepsad_ray_fixed_s"] = fixed
+    return out
+
+
+def _bare_tokens_per_s(reps, ctx: NormalContext, gen: GenerateConfig, **lm) -> float:
+    from kka_ray.knowledge import bare_throughput
+
+    g = gen.model_copy(update={"lm": gen.lm.model_copy(update=lm)})
+    return bare_throughput(reps, ctx, g, 0)["bare_tokens_per_s"]
+
+
+def language_model(reps, ctx: NormalContext, gen: GenerateConfig) -> dict[str, float]:
+    """Tokens/s on the loop's prompts at its batch size: fp32 / bf16 with and without the shared prefix (bare
+    loop), the Ray pool against the bare loop at the chosen settings, GGUF load vs the dequantized copy, and the
+    nucleus filter against transformers' per decode step."""
+    from transformers import TopPLogitsWarper
+
+    from kka_ray.llm.hf import load_causal_lm, top_p_filter
+
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as cache:  # a cold cache: the first load unpacks the GGUF file
+        os.environ["KKA_CACHE"] = cache
+        _, out["lm_load_s_gguf"] = _timed(load_causal_lm, gen.lm)
+        _, out["lm_load_s_cached"] = _timed(load_causal_lm, gen.lm)
+        del os.environ["KKA_CACHE"]
+    for dtype in ("float32", "bfloat16"):
+        for share in (False, True):
+            key = f"lm_tokens_per_s_{'fp32' if dtype == 'float32' else 'bf16'}_{'shared' if share else 'plain'}"
+            out[key] = _bare_tokens_per_s(reps, ctx, gen, dtype=dtype, share_prefix=share)
+    out["lm_bare_tokens_per_s"] = _bare_tokens_per_s(reps, ctx, gen)
+    pool = generate_descriptions(reps, ctx, gen).stats
+    out["lm_tokens_per_s"] = pool["tokens_per_s"]
+    out["lm_ray_vs_bare_ratio"] = pool["tokens_per_s"] / out["lm_bare_tokens_per_s"]
+    out["lm_completions"], out["lm_kept_lines"] = pool["completions"], pool["kept"]
+    scores = torch.randn(gen.lm.batch_size, 49152, generator=torch.Generator().manual_seed(0)) * 3
+    warper = TopPLogitsWarper(gen.lm.top_p)
+    out["top_p_ms_transformers"] = 1000 * min(_timed(warper, None, scores)[1] for _ in range(5))
+    out["top_p_ms_ours"] = 1000 * min(_timed(top_p_filter, scores, gen.lm.top_p)[1] for _ in range(5))
+    return out
+
+
+def dpo_pairs(reps, ctx: NormalContext, gen: GenerateConfig, sentences: list[str], n: int) -> pa.Table:
+    """n pairs in the loop's format over real generated sentences (which is chosen does not matter for time)."""
+    rows = []
+    for i in range(n):
+        rep = reps[i % len(reps)]
+        rows.append({"cluster": rep.cluster, "prompt": messages_for(gen, ctx.domain, rep.description),
+                     "chosen_id": f"c{i}", "chosen": sentences[(2 * i) % len(sentences)],
+                     "rejected_id": f"r{i}", "rejected": sentences[(2 * i + 1) % len(sentences)]})
+    return pa.Table.from_pylist(rows)
+
+
+def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str, float]:
+    """One short DPO round per variant through Ray Train: the loop's choice, fp32, and without the reference
+    precompute; step time, set-up time (model load, reference pass), the whole round, and the last loss."""
+    from kka_ray.precision import resolve_bf16
+
+    out: dict[str, float] = {}
+    chosen = resolve_bf16("dpo", cfg.prefer.bf16, "cpu")
+    other = "_fp32" if chosen else "_bf16"
+    variants = {"": {}, other: {"bf16": not chosen}, "_no_precompute": {"precompute_ref": False}}
+    for suffix, update in variants.items():
+        prefer = cfg.prefer.model_copy(update={"steps": steps, **update})
+        (_, m), seconds = _timed(run_dpo, pairs.slice(0, steps * prefer.batch_size), cfg.generate.lm, prefer,
+                                 seed=cfg.seed, workdir=workdir)
+        out[f"dpo_step_s{suffix}"], out[f"dpo_setup_s{suffix}"] = m["step_seconds"], m["setup_seconds"]
+        out[f"dpo_round_s{suffix}"], out[f"dpo_loss{suffix}"] = seconds, m.get("train_loss", m.get("loss"))
+        out[f"dpo_bf16{suffix}"] = m["bf16"]
+        out[f"peak_rss_mb_dpo{suffix}"] = m["peak_rss_mb"]
+    out["dpo_step_s" + ("_bf16" if chosen else "_fp32")] = out["dpo_step_s"]
+    out["dpo_loss" + ("_bf16" if chosen else "_fp32")] = out["dpo_loss"]
+    return out
+
+
+def stream_vs_staged(reps, ctx: NormalContext, cfg: KKAConfig, shape: tuple[int, int],
+                     repeats: int) -> dict[str, float]:
+    """Descriptions rendered per second (wall) by the streaming chain, with the machine's CPUs split between the
+    LM and render pools, and by the two stages one after the other, each with all the CPUs; medians."""
+    import ray
+
+    from kka_ray.render import build_renderer
+
+    cpus = ray.cluster_resources().get("CPU", 2)
+    half = {"lm": cfg.generate.lm.model_copy(update={"cpus_per_actor": cpus / 2})}
+    gen_stream, render_stream = cfg.generate.model_copy(update=half), cfg.render.model_copy(
+        update={"cpus_per_actor": cpus / 2})
+    gen_staged = cfg.generate.model_copy(update={"lm": cfg.generate.lm.model_copy(update={"cpus_per_actor": cpus})})
+    render_staged = cfg.render.model_copy(update={"cpus_per_actor": cpus})
+    streamed, staged = [], []
+    for _ in range(repeats):
+        start = time.time()
+        result = collect(*anomaly_stream(reps, ctx, gen_stream, render_stream, *shape))
+        streamed.append(len(result.anomalies) / (time.time() - start))
+        start = time.time()
+        lines = generate_descriptions(reps, ctx, gen_staged).descriptions
+        backend = build_renderer(render_staged)
+        images = collect(backend.apply(ray.data.from_arrow(lines), *shape), backend.model_id())
+        staged.append(len(images.anomalies) / (time.time() - start))
+    return {"stream_images_per_s": statistics.median(streamed), "staged_images_per_s": statistics.median(staged),
+            "stream_vs_staged_ratio": statistics.median(streamed) / statistics.median(staged),
+            "stream_repeats": float(repeats), "stream_cpus": float(cpus)}
+
+
+def run_folder_costs(run: Path) -> dict[str, float]:
+    """The demo's per-stage costs from its state.json: seconds summed over iterations, peak RSS maxed."""
+    import json
+
+    state = json.loads((run / "state.json").read_text())
+    rows = [state["baseline"], *state["rows"]]
+    out: dict[str, float] = {}
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
+                if k.startswith("peak_rss_mb_"):
+                    out[k] = max(out.get(k, 0.0), float(v))
+                elif k.endswith("_seconds") and k.split("_")[0] in {"select", "generate", "clean", "render", "split",
+                                                                      "update", "evaluate", "test", "dpo"}:
+                    out[f"demo_{k}"] = out.get(f"demo_{k}", 0.0) + float(v)
+    out["demo_auroc_final"] = float(state["rows"][-1]["auroc"])
+    return out

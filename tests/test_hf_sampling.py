@@ -1,0 +1,38 @@
+"""The transformers backend's fast paths give what the plain ones give: nucleus filtering over the top tokens,
+and the shared prompt prefix computed once."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import TopPLogitsWarper
+
+from kka_ray.llm.hf import SeededSampler, load_causal_lm, shared_prefix_inputs, top_p_filter
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 8.0])
+@pytest.mark.parametrize("top_p", [0.5, 0.95])
+def test_top_p_filter_matches_transformers(scale, top_p):
+    scores = torch.randn(16, 5000, generator=torch.Generator().manual_seed(0)) * scale
+    ours, theirs = top_p_filter(scores, top_p, scan=256), TopPLogitsWarper(top_p)(None, scores.clone())
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    assert torch.equal(ours[~torch.isinf(ours)], scores[~torch.isinf(theirs)])
+
+
+def test_shared_prefix_generation_equals_plain_padding(tiny):
+    from kka_ray.llm import LMConfig
+
+    tok, model = load_causal_lm(LMConfig(model=tiny["lm"], dtype="float32"))
+    texts = ["shared few shot turns then row one", "shared few shot turns then a longer second row",
+             "shared few shot turns then row one"]
+    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu")
+    assert cache is not None and cache.get_seq_length() > 0
+    assert (mask.sum(1) == torch.tensor([len(tok(t)["input_ids"]) for t in texts])).all()
+
+    def sample(**inputs):
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=12, pad_token_id=tok.pad_token_id,
+                             logits_processor=[SeededSampler([1, 2, 3], 0.9, 0.95)])
+        return out[:, -12:]
+
+    plain = tok(texts, return_tensors="pt", padding=True)
+    np.testing.assert_array_equal(sample(input_ids=ids, attention_mask=mask, cache=cache).numpy(),
+                                  sample(**plain).numpy())
