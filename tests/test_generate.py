@@ -151,3 +151,19 @@ def test_lora_adapter_is_applied(tiny_lm, tmp_path):
     assert a != b
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         HFGenerator(LMConfig(model=tiny_lm, adapter=str(tmp_path), cpus_per_actor=1).model_dump())
+
+
+def test_stream_costs_from_the_actors_timing_columns():
+    from kka_ray.stages.generate import stream_costs
+
+    cols = {  # 2 completions -> 3 lines, in one LM batch and two cleaner batches; 2 lines rendered in one batch
+        "row_id": np.array([0, 0, 1]), "batch_start": np.array([10.0] * 3), "batch_end": np.array([14.0] * 3),
+        "lm_peak_rss_mb": np.array([900.0] * 3), "clean_start": np.array([14.0, 14.0, 15.0]),
+        "clean_end": np.array([14.5, 14.5, 15.5]), "clean_peak_rss_mb": np.array([300.0, 300.0, 310.0]),
+        "render_start": np.array([16.0] * 3), "render_end": np.array([18.0] * 3),
+        "render_peak_rss_mb": np.array([700.0] * 3), "rendered": np.array([True, False, True]),
+    }
+    c = stream_costs(cols)
+    assert c["generate_seconds"] == 4.0 and c["generate_rows_per_s"] == 0.5 and c["peak_rss_mb_generate"] == 900
+    assert c["clean_seconds"] == 1.0 and c["clean_rows_per_s"] == 3.0 and c["peak_rss_mb_clean"] == 310
+    assert c["render_seconds"] == 2.0 and c["render_rows_per_s"] == 1.0 and c["peak_rss_mb_render"] == 700
