@@ -141,6 +141,10 @@ def dpo_loop_per_worker(config: dict) -> None:
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    if lm.dtype == "auto" and device == "cpu":
+        # fp32 master weights: `bf16` above decides autocast; bf16 weights (what `auto` loads for generation on a
+        # native-bf16 CPU) would train the LoRA update in bf16 and measured no faster per step.
+        lm = lm.model_copy(update={"dtype": "float32"})
     tok, model = load_causal_lm(lm, device, merge_adapter=False, trainable=True)
     tok.padding_side = "right"  # trl pads its own batches; right padding is what it expects for training
     lora = None if lm.adapter else LoraConfig(
