@@ -77,5 +77,5 @@ def test_paper_config_and_job(tmp_path):
     assert m["hours_1gpu"] > m["hours_64gpu"] > 0
     assert sum(m[f"{s}_hours_64gpu"] for s in cfg.workload.stages) == pytest.approx(m["hours_64gpu"])
     assert record["cpu_figures"]["generate"] == json.loads(
-        (ROOT / "docs/results/knowledge-fmnist.json").read_text())["metrics"]["tokens_per_s"]
+        (ROOT / "docs/results/perf-cpu.json").read_text())["metrics"]["lm_tokens_per_s"]
     assert "LambdaLabsML/vllm-benchmark" in (tmp_path / "gpu-sizing.md").read_text()
