@@ -100,8 +100,8 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
         row("Deep SAD fit, Ray / bare (demo fit)", "deepsad_ray_vs_bare_ratio", ".3f"),
         row("Deep SAD fit, Ray / bare (the detector benchmark's 40 + 80 epoch fit)",
             "deepsad_ray_vs_bare_ratio_benchmark", ".3f"),
-        row("Ray Train fixed cost per fit (s): demo fit", "deepsad_ray_fixed_s"),
-        row("Ray Train fixed cost per fit (s): benchmark fit", "deepsad_ray_fixed_s_benchmark"),
+        row("Ray Train's extra seconds per fit: demo fit", "deepsad_ray_fixed_s"),
+        row("Ray Train's extra seconds per fit: benchmark fit", "deepsad_ray_fixed_s_benchmark"),
         row("LM tokens/s, Ray pool, batch 32 (target >= 110)", "lm_tokens_per_s", ".1f"),
         row("LM Ray / bare (target >= 0.9)", "lm_ray_vs_bare_ratio", ".3f"),
         row("DPO step (s, target <= 7)", "dpo_step_s"),
@@ -116,12 +116,14 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
         f"{m.get('lm_load_s_cached', float('nan')):.2f} s. Nucleus filter per decode step: transformers "
         f"{m.get('top_p_ms_transformers', float('nan')):.1f} ms, ours {m.get('top_p_ms_ours', float('nan')):.1f} ms.",
         "",
-        "DPO (s per step / set-up / whole round, last loss): "
-        + "; ".join(f"{k.removeprefix('dpo_step_s') or 'chosen'}: {m[k]:.2f} / "
-                    f"{m.get('dpo_setup_s' + k.removeprefix('dpo_step_s'), float('nan')):.1f} / "
-                    f"{m.get('dpo_round_s' + k.removeprefix('dpo_step_s'), float('nan')):.1f}, "
-                    f"{m.get('dpo_loss' + k.removeprefix('dpo_step_s'), float('nan')):.4f}"
-                    for k in sorted(m) if k.startswith("dpo_step_s")) + ".", "",
+        "DPO, one 8-step round through Ray Train per variant (the loop's settings, then each change):", "",
+        "| variant | s per step | set-up s (load, reference pass) | round s | last loss | bf16 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {k.removeprefix('dpo_round_s').lstrip('_') or 'loop settings'} | "
+          + " | ".join(f"{m.get(key + k.removeprefix('dpo_round_s'), float('nan')):.{d}f}"
+                       for key, d in (("dpo_step_s", 2), ("dpo_setup_s", 1), ("dpo_round_s", 1), ("dpo_loss", 4),
+                                      ("dpo_bf16", 0))) + " |"
+          for k in sorted(m) if k.startswith("dpo_round_s")], "",
         "## All metrics", "", "| metric | value |", "| --- | ---: |",
         *[f"| {k} | {v:.4g} |" for k, v in sorted(m.items())], "",
     ]

@@ -149,14 +149,16 @@ def dpo_pairs(reps, ctx: NormalContext, gen: GenerateConfig, sentences: list[str
 
 
 def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str, float]:
-    """One short DPO round per variant through Ray Train: the loop's choice, fp32, and without the reference
-    precompute; step time, set-up time (model load, reference pass), the whole round, and the last loss."""
+    """One short DPO round per variant through Ray Train: the loop's settings, the other precision, and the
+    reference precompute toggled; step time, set-up time (model load, reference pass), the whole round, and the
+    last loss."""
     from kka_ray.precision import resolve_bf16
 
     out: dict[str, float] = {}
     chosen = resolve_bf16("dpo", cfg.prefer.bf16, "cpu")
     other = "_fp32" if chosen else "_bf16"
-    variants = {"": {}, other: {"bf16": not chosen}, "_no_precompute": {"precompute_ref": False}}
+    toggle = "_no_precompute" if cfg.prefer.precompute_ref else "_precompute"
+    variants = {"": {}, other: {"bf16": not chosen}, toggle: {"precompute_ref": not cfg.prefer.precompute_ref}}
     for suffix, update in variants.items():
         prefer = cfg.prefer.model_copy(update={"steps": steps, **update})
         (_, m), seconds = _timed(run_dpo, pairs.slice(0, steps * prefer.batch_size), cfg.generate.lm, prefer,
