@@ -166,7 +166,7 @@ def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str,
         out[f"dpo_step_s{suffix}"], out[f"dpo_setup_s{suffix}"] = m["step_seconds"], m["setup_seconds"]
         out[f"dpo_round_s{suffix}"], out[f"dpo_loss{suffix}"] = seconds, m.get("train_loss", m.get("loss"))
         out[f"dpo_bf16{suffix}"] = m["bf16"]
-        out[f"peak_rss_mb_dpo{suffix}"] = m["peak_rss_mb"]
+        out[f"dpo_peak_rss_mb{suffix}"] = m["peak_rss_mb"]  # peak_rss_mb_dpo: the loop's, from the demo
     out["dpo_step_s" + ("_bf16" if chosen else "_fp32")] = out["dpo_step_s"]
     out["dpo_loss" + ("_bf16" if chosen else "_fp32")] = out["dpo_loss"]
     return out
@@ -201,6 +201,10 @@ def stream_vs_staged(reps, ctx: NormalContext, cfg: KKAConfig, shape: tuple[int,
             "stream_repeats": float(repeats), "stream_cpus": float(cpus)}
 
 
+STAGE_SECONDS = {f"{s}_seconds" for s in ("select", "generate", "clean", "render", "split", "update", "evaluate",
+                                           "test", "dpo")}
+
+
 def run_folder_costs(run: Path) -> dict[str, float]:
     """The demo's per-stage costs from its state.json: seconds summed over iterations, peak RSS maxed."""
     import json
@@ -213,8 +217,7 @@ def run_folder_costs(run: Path) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
                 if k.startswith("peak_rss_mb_"):
                     out[k] = max(out.get(k, 0.0), float(v))
-                elif k.endswith("_seconds") and k.split("_")[0] in {"select", "generate", "clean", "render", "split",
-                                                                      "update", "evaluate", "test", "dpo"}:
+                elif k in STAGE_SECONDS:
                     out[f"demo_{k}"] = out.get(f"demo_{k}", 0.0) + float(v)
     out["demo_auroc_final"] = float(state["rows"][-1]["auroc"])
     return out

@@ -52,7 +52,10 @@ def test_score_before_fit_is_an_error():
 
 
 def test_fit_starts_from_an_earlier_fits_pretrained_encoder(ray_local, tiny_task, tmp_path):
+    import ray.train
     import torch
+
+    from kka_ray.detectors.deepsad.train import _pretrained_encoder
 
     task, normals, _, _ = tiny_task
     cfg = DeepSADConfig(epochs=1, ae_epochs=1, batch_size=128, cpus_per_worker=1, score_batch_size=100)
@@ -69,7 +72,8 @@ def test_fit_starts_from_an_earlier_fits_pretrained_encoder(ray_local, tiny_task
     assert a["pretrained"].keys() == b["pretrained"].keys()
     assert all(torch.equal(a["pretrained"][k], b["pretrained"][k]) for k in a["pretrained"])
     assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    no_pretraining = build_detector(cfg.model_copy(update={"pretrain": False}))
-    no_pretraining.fit(normals, None, seed=0, workdir=tmp_path)
-    with pytest.raises(Exception, match="holds no pretrained encoder"):
-        build_detector(cfg).fit(normals, None, seed=0, workdir=tmp_path, pretrained=no_pretraining)
+    without = tmp_path / "no-pretraining"  # a checkpoint of a fit with pretraining off (written by hand)
+    without.mkdir()
+    torch.save({**a, "pretrained": None}, without / "deepsad.pt")
+    with pytest.raises(ValueError, match="holds no pretrained encoder"):
+        _pretrained_encoder(ray.train.Checkpoint.from_directory(str(without)))
