@@ -158,3 +158,24 @@ def test_job_script_reports_config_errors(tmp_path):
     bad.write_text("update:\n  mode: swap\n")
     out = subprocess.run([sys.executable, "jobs/kka_loop.py", "--config", str(bad)], capture_output=True, text=True)
     assert out.returncode != 0 and "update.mode" in out.stderr and "swap" in out.stderr
+
+
+def test_perf_bench_reads_a_runs_stage_costs(tiny_run):
+    """jobs/bench_perf.py's demo section: per-stage seconds summed over iterations, peaks maxed, and its page."""
+    import importlib.util
+
+    from kka_ray.perf import run_folder_costs
+
+    _, state = tiny_run
+    costs = run_folder_costs(Path(state.store.path("")))
+    rows = state.rows
+    assert costs["demo_generate_seconds"] == pytest.approx(sum(r["generate_seconds"] for r in rows))
+    assert costs["demo_dpo_seconds"] == pytest.approx(sum(r.get("dpo_seconds", 0) for r in rows))
+    assert costs["peak_rss_mb_render"] == max(r["peak_rss_mb_render"] for r in rows)
+    assert costs["demo_select_seconds"] == state.baseline["select_seconds"]
+    assert not any(k.startswith("demo_dpo_step") for k in costs)  # means are not summed
+    spec = importlib.util.spec_from_file_location("bench_perf", Path(__file__).parents[1] / "jobs/bench_perf.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    page = job.markdown(costs | {"dpo_round_s": 9.0, "dpo_step_s": 1.0}, {}, "cmd", "loop.yaml")
+    assert "| demo (minutes, target <= 10) | not measured |" in page and "| loop settings | 1.00 |" in page
