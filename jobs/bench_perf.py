@@ -19,16 +19,9 @@ from kka_ray.cli import parse_config, parser
 from kka_ray.config import load_config
 from kka_ray.loop import KKAConfig, load_task
 from kka_ray.precision import describe
-from kka_ray.records import invoked_command, write_record
+from kka_ray.records import git_commit, invoked_command, write_record
 from kka_ray.stages.generate import generate_descriptions, normal_context
 from kka_ray.stages.select import run_select
-
-
-def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout.strip()
-    return head + ("+modified" if dirty else "")
 
 
 def timed_command(command: str) -> dict[str, float]:
@@ -146,7 +139,7 @@ def main() -> None:
         print(f"[perf] measuring {name}", flush=True)
         metrics = measure.section(name, pc)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        tmp.write_text(json.dumps({"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    "metrics": metrics}, indent=1))
         os.replace(tmp, path)
         print(f"[perf] {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()), flush=True)

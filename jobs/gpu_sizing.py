@@ -5,11 +5,10 @@ Writes docs/results/<name>.json (+ .md); the model is in docs/scaling.md. Runs n
 """
 
 import json
-import subprocess
 from pathlib import Path
 
 from kka_ray.cli import parse_config, parser
-from kka_ray.records import invoked_command, write_record
+from kka_ray.records import git_commit, invoked_command, write_record
 from kka_ray.sizing import CpuFigure, Estimate, SizingConfig, estimate
 
 
@@ -23,18 +22,8 @@ def cpu_value(records_dir: str, fig: CpuFigure) -> float | None:
     return value / metrics[fig.per] if fig.per else value
 
 
-def git_commit() -> dict:
-    """The commit the inputs were read at, and whether the working tree differed from it."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.CalledProcessError):  # a `ray job submit` working dir has no .git
-        return {"git_commit": None, "git_dirty": None}
-
-
 def markdown(cfg: SizingConfig, estimates: list[Estimate], cpu: dict[str, float | None], command: str,
-             commit: dict) -> str:
+             commit: str | None) -> str:
     stages = cfg.workload.stages
     rows = [f"| {e.gpus} | {e.wall_hours:.2f} | {e.gpu_hours:.1f} | {e.busy_gpu_hours:.1f} | "
             f"{e.busy_gpu_hours / e.gpu_hours:.0%} | "
@@ -55,10 +44,9 @@ def markdown(cfg: SizingConfig, estimates: list[Estimate], cpu: dict[str, float 
               f"| {cpu_cell(s)} |" for s, st in stages.items()]
     sources = [f"- **{s}**: work: {st.source}. Per-GPU figure ({cfg.throughput[s].kind}): {cfg.throughput[s].source}."
                for s, st in stages.items()]
-    sha = commit["git_commit"] or "unknown"
     return "\n".join([
         "# GPU sizing on paper: KKA, CIFAR-100 protocol", "",
-        f"Command: `{command}` at commit `{sha}`{' (working tree modified)' if commit['git_dirty'] else ''}. "
+        f"Command: `{command}` at commit `{commit or 'unknown'}`. "
         f"{cfg.workload.tasks} tasks; reference GPU: {cfg.reference_gpu}; DDP efficiency {cfg.ddp_efficiency}. "
         "Nothing here ran on a GPU: the per-GPU figures are public benchmarks, derivations or labelled assumptions "
         "(sources below), the CPU column is read from this repo's records. Model: `docs/scaling.md`.", "",
@@ -89,7 +77,7 @@ def main() -> None:
                     **{f"{s}_hours_{e.gpus}gpu": h for s, h in e.stage_hours.items()}}
     command, commit = invoked_command(), git_commit()
     write_record(cfg.name, metrics, markdown(cfg, estimates, cpu, command, commit), args.out, command=command,
-                 extra={**commit, "config": cfg.model_dump(mode="json"), "cpu_figures": cpu,
+                 extra={"config": cfg.model_dump(mode="json"), "cpu_figures": cpu,
                         "estimates": [e.model_dump(mode="json") for e in estimates]})
     for e in estimates:
         print(f"{e.gpus:>3} GPUs: {e.wall_hours:6.2f} h wall, {e.gpu_hours:6.1f} GPU-h, bound by {e.bound}")

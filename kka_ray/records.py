@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def machine() -> str:
     except ImportError:
         pass
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {gpu}, {platform.system()} {platform.release()}"
+
+
+def git_commit() -> str | None:
+    """HEAD, with "+modified" when tracked files differ from it; None outside a git checkout (a `ray job submit`
+    working dir has no .git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def invoked_command() -> str:
@@ -64,6 +77,7 @@ def write_record(
         "command": command or invoked_command(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "commit": git_commit(),
         "metrics": metrics,
         **(extra or {}),
     }

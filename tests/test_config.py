@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -60,8 +61,10 @@ def test_every_shipped_config_is_valid():
 def test_record_fields_and_validation(tmp_path):
     path = write_record("r", {"a": 1.5, "n": 3}, "# r\n", tmp_path, command="python jobs/x.py")
     rec = json.loads(path.read_text())
-    assert {"name", "command", "date", "machine", "metrics"} <= rec.keys()
+    assert {"name", "command", "date", "machine", "commit", "metrics"} <= rec.keys()
     assert rec["metrics"] == {"a": 1.5, "n": 3} and rec["command"] == "python jobs/x.py"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert rec["commit"].removesuffix("+modified") == head  # the code the numbers came from
     assert (tmp_path / "r.md").read_text() == "# r\n"
     with pytest.raises(ValueError, match="finite numbers"):
         write_record("r", {"a": float("nan")}, "", tmp_path)
