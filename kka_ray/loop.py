@@ -105,7 +105,9 @@ def load_run_config(run: str, overrides: list[str]) -> KKAConfig:
         if not key.startswith(RESUMABLE):
             raise ConfigError(f"--resume {run}: {key!r} cannot change in a resumed run (only ray.*, train_storage, "
                               "update.iterations); start a new run instead")
-    tree = apply_overrides(yaml.safe_load(store.read_text("config.yaml")), overrides)
+    tree = yaml.safe_load(store.read_text("config.yaml"))
+    tree.setdefault("reuse_pretrained", False)  # a run saved before the option pretrained every theta_C itself
+    tree = apply_overrides(tree, overrides)
     try:
         return KKAConfig.model_validate(tree)
     except ValidationError as e:

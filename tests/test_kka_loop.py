@@ -119,6 +119,11 @@ def test_resume_refuses_changes_and_unknown_folders(tiny_run, tmp_path):
     assert load_run_config(state.store.location, ["update.iterations=3"]).update.iterations == 3
     with pytest.raises(ConfigError, match="no config.yaml"):
         load_run_config(str(tmp_path), [])
+    assert load_run_config(state.store.location, []).reuse_pretrained is True
+    old = yaml.safe_load(state.store.read_text("config.yaml"))
+    del old["reuse_pretrained"]  # a run saved before the option continues as it was made
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert load_run_config(str(tmp_path), []).reuse_pretrained is False
     with pytest.raises(ConfigError, match="cannot go further"):  # iteration 2 had no DPO after it
         run_loop(load_run_config(state.store.location, ["update.iterations=3"]), resume=True)
 
