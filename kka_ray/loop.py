@@ -224,7 +224,7 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     stream, renderer = anomaly_stream(reps, ctx, gen, cfg.render, *shape, iteration=t)
     rendered = collect(stream, renderer)
     new = _new_anomalies(rendered.anomalies, t, adapter)
-    costs = {k: v for k, v in rendered.stats.items() if k.startswith(STREAM_STAGES) or k.startswith("peak_rss")}
+    costs = dict(rendered.costs)
     _say(f"iter {t} generate+render: {len(new)} anomalies, {len(rendered.rejects)} lines rejected "
          f"({rendered.stats['seconds']:.0f} s)")
     if len(new) == 0:
@@ -278,9 +278,6 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     row["seconds"] = time.time() - start
     save_iteration(state, t, anomalies, new, _relative_adapter(rendered.rejects, adapter), evaluator, row, cfg)
     return anomalies, evaluator
-
-
-STREAM_STAGES = ("generate_", "clean_", "render_")
 
 
 @contextmanager

@@ -24,9 +24,25 @@ _LABELS = {  # protocol -> (labels key of a split, class-names key of meta)
 }
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """The CIFAR python files hold dicts of bytes, lists and numpy arrays; any other global (a function, a
+    class to construct) in a downloaded or user-placed file is refused instead of run."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-100 file")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        try:
+            return _ArraysOnly(f, encoding="bytes").load()
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"{path}: not a CIFAR-100 python file ({e})") from None
 
 
 def _complete(folder: Path) -> bool:

@@ -33,6 +33,7 @@ class RenderResult:
     anomalies: pa.Table  # kept descriptions with their image (fixed-shape tensor column) and provenance
     rejects: pa.Table  # cleaned-out lines with their reason, never rendered
     stats: dict[str, float]
+    costs: dict[str, float]  # per streaming stage: busy seconds, rows/s, peak RSS (generate.stream_costs)
 
     @property
     def images(self) -> np.ndarray:
@@ -63,11 +64,11 @@ def collect(stream, renderer_id: str) -> RenderResult:
     rejects = pa.table({k: _column(v[~kept]) for k, v in meta.items()})
     wall = time.time() - start
     stats = {"anomalies": len(anomalies), "rejected": len(rejects), "seconds": wall,
-             "images_per_s_wall": len(anomalies) / wall, **costs}
+             "images_per_s_wall": len(anomalies) / wall}
     if kept.any():  # busy span of the render pool: first batch's start to last batch's end
         span = float(data["render_end"][kept].max() - data["render_start"][kept].min())
         stats["images_per_s"] = len(anomalies) / span
-    return RenderResult(anomalies, rejects, stats)
+    return RenderResult(anomalies, rejects, stats, costs)
 
 
 def _column(values: np.ndarray) -> pa.Array:
