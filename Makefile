@@ -10,12 +10,13 @@ export TOKENIZERS_PARALLELISM ?= false
 setup:
 	bash scripts/setup.sh
 
-PRIOR := kka_ray/render/offline_prior/model_index.json
+PRIOR := kka_ray/render/priors/general/model_index.json
 DEMO_RUN := runs/kka-demo
 
-# The offline text-to-image prior ships with the repository; this trains it only where it is missing.
+# The offline text-to-image priors ship with the repository; this trains the demo's (the general one, which has
+# never seen Fashion-MNIST) only where it is missing.
 $(PRIOR):
-	$(PY) jobs/train_prior.py --config configs/prior/default.yaml
+	$(PY) jobs/train_prior.py --config configs/prior/general.yaml
 
 # Main job on the embedded offline default: the KKA loop on Fashion-MNIST "shirt" (a fresh run each time).
 demo: setup $(PRIOR)

@@ -12,11 +12,22 @@ import pandas as pd
 from pydantic import Field
 from tqdm import tqdm
 
-from kka_ray.config import ConfigError, DatasetConfig, DeepSADConfig, RayConfig, Strict, load_config, save_config
+from kka_ray.config import (
+    ConfigError,
+    DatasetConfig,
+    DeepSADConfig,
+    RayConfig,
+    Strict,
+    config_diff,
+    describe_diff,
+    load_config,
+    save_config,
+)
 from kka_ray.data import build_dataset, make_task
 from kka_ray.detectors import build_detector
-from kka_ray.metrics import auroc, mean_ci
+from kka_ray.metrics import auroc
 from kka_ray.records import metric_key, write_record
+from kka_ray.summary import over_classes
 
 TABLE = "results.parquet"
 
@@ -61,22 +72,22 @@ def run_task(cfg: BenchmarkConfig, dataset, normal: list, seed: int, workdir: Pa
 
 
 def summarise(table: pd.DataFrame, oracle: bool) -> tuple[dict[str, float], pd.DataFrame]:
-    """Per-class means over seeds; mean over classes with a 95% t-interval over classes."""
+    """Mean over classes of the per-class means over seeds, with a 95% t-interval over classes; the per-class
+    mean and sd over seeds for the page and the plot."""
     cols = ["auroc", "oracle_auroc"] if oracle else ["auroc"]
-    per_class = table.groupby("normal", sort=False)[cols].agg(["mean", "std"])
-    metrics: dict[str, float] = {}
+    summary, means = over_classes(table, cols, class_col="normal")
+    metrics: dict[str, float] = {"classes": summary["classes"], "seeds": summary["seeds"]}
     for col, key in (("auroc", "mean_auroc"), ("oracle_auroc", "mean_auroc_oracle")):
         if col not in cols:
             continue
-        mean, half = mean_ci(per_class[(col, "mean")].to_numpy())
-        metrics[key] = mean
-        if np.isfinite(half):
-            metrics[f"{key}_ci95"] = half
-        for cls, value in per_class[(col, "mean")].items():
+        metrics[key] = summary[col]
+        if f"{col}_ci95" in summary:
+            metrics[f"{key}_ci95"] = summary[f"{col}_ci95"]
+        for cls, value in means[col].items():
             metrics[f"{col}_{metric_key(cls)}"] = float(value)
     metrics["tasks"] = len(table)
     metrics["seconds"] = float(table.filter(like="seconds").to_numpy().sum())
-    return metrics, per_class
+    return metrics, table.groupby("normal", sort=False)[cols].agg(["mean", "std"])
 
 
 def markdown(cfg: BenchmarkConfig, metrics: dict[str, float], per_class: pd.DataFrame, command: str) -> str:
@@ -103,7 +114,8 @@ def markdown(cfg: BenchmarkConfig, metrics: dict[str, float], per_class: pd.Data
         lines.append(f"| {cls} |" + cell("auroc", cls) + (cell("oracle_auroc", cls) if oracle else ""))
     mean_row = f"| **mean** | **{metrics['mean_auroc']:.1f}**"
     if "mean_auroc_ci95" in metrics:
-        mean_row += f" ± {metrics['mean_auroc_ci95']:.1f} (95% CI over classes)"
+        mean_row += (f" ± {metrics['mean_auroc_ci95']:.1f} (95% CI over the {metrics['classes']:.0f} classes, seeds "
+                     "averaged within each class first)")
     mean_row += " |"
     if oracle:
         mean_row += f" **{metrics['mean_auroc_oracle']:.1f}** |"
@@ -151,10 +163,12 @@ def finished_rows(run: Path, cfg: BenchmarkConfig) -> list[dict]:
     """Rows of an earlier run of the same configuration, so a rerun continues where it stopped."""
     if not (run / TABLE).is_file():
         return []
-    saved = load_config(BenchmarkConfig, run / "config.yaml")
-    if saved.model_dump(exclude={"ray"}) != cfg.model_dump(exclude={"ray"}):
-        raise ConfigError(f"{run} holds results of a different configuration ({run / 'config.yaml'}); "
-                          "choose another `name` or remove that folder")
+    saved = load_config(BenchmarkConfig, run / "config.yaml").model_dump(mode="json")
+    current = cfg.model_dump(mode="json")
+    if changed := config_diff(saved, current, ignore=("ray.",)):  # where it runs is not what it measures
+        raise ConfigError(f"{run} holds results of a different configuration ({run / 'config.yaml'} -> now): "
+                          f"{describe_diff(saved, current, changed)}; choose another `name` or `run_dir`, or remove "
+                          "that folder")
     return pd.read_parquet(run / TABLE).to_dict("records")
 
 

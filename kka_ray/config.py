@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -138,3 +139,37 @@ def save_config(cfg: BaseModel, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return path
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_ABSENT = object()
+
+
+def config_diff(saved: dict, current: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted keys (nested dicts flattened) whose values differ, a key on one side only included; keys that
+    start with one of the `ignore` prefixes are left out."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = [k for k in old if k not in new] + list(new)  # saved order, then current
+    return [k for k in dict.fromkeys(keys) if not k.startswith(tuple(ignore))
+            and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
+def describe_diff(saved: dict, current: dict, keys: list[str], limit: int = 8) -> str:
+    """`key: saved -> current` for the first `limit` differing keys, for an error message."""
+    old, new = _flatten(saved), _flatten(current)
+
+    def show(tree: dict, key: str) -> str:
+        return repr(tree[key]) if key in tree else "(absent)"
+
+    shown = [f"{k}: {show(old, k)} -> {show(new, k)}" for k in keys[:limit]]
+    more = [f"... and {len(keys) - limit} more"] if len(keys) > limit else []
+    return "; ".join(shown + more)

@@ -30,12 +30,18 @@ def _png(fig) -> bytes:
 
 def anomaly_grid(anomalies: pa.Table, n: int, title: str, per_row: int = 8) -> bytes:
     """The first `n` anomalies with their descriptions; frame red = hard, blue = easy (when judged)."""
-    plt = _plt()
     n = min(n, len(anomalies))
-    rows = max(1, -(-n // per_row))
     images = anomalies.column("image").combine_chunks().to_numpy_ndarray()[:n]
-    sentences = anomalies.column("sentence").to_pylist()[:n]
-    hard = anomalies.column("hard").to_pylist()[:n] if "hard" in anomalies.column_names else [None] * n
+    hard = anomalies.column("hard").to_pylist()[:n] if "hard" in anomalies.column_names else None
+    return image_grid(images, anomalies.column("sentence").to_pylist()[:n], title, per_row, hard)
+
+
+def image_grid(images: np.ndarray, captions: list[str], title: str, per_row: int = 8,
+               hard: list[bool] | None = None) -> bytes:
+    """Images with their captions; with `hard`, a frame red = hard, blue = easy."""
+    plt = _plt()
+    n = len(images)
+    rows = max(1, -(-n // per_row))
     fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 1.5, rows * 1.9), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -45,12 +51,13 @@ def anomaly_grid(anomalies: pa.Table, n: int, title: str, per_row: int = 8) -> b
             continue
         img = images[i]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
-        ax.set_title("\n".join(textwrap.wrap(sentences[i], 22)[:3]), fontsize=6)
-        if hard[i] is not None:
+        ax.set_title("\n".join(textwrap.wrap(captions[i], 22)[:3]), fontsize=6)
+        if hard is not None and hard[i] is not None:
             for side in ax.spines.values():
                 side.set_edgecolor("red" if hard[i] else "tab:blue")
                 side.set_linewidth(2.5)
-    fig.suptitle(title + ("  (frame: red = hard, blue = easy)" if hard[0] is not None else ""), fontsize=9)
+    framed = hard is not None and n > 0 and hard[0] is not None
+    fig.suptitle(title + ("  (frame: red = hard, blue = easy)" if framed else ""), fontsize=9)
     fig.tight_layout()
     return _png(fig)
 
@@ -72,5 +79,20 @@ def iteration_curves(iterations: list[int], auroc: list[float], hard_share: list
     b.set_ylabel("hard share of A_t %")
     b.set_xticks(iterations)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def gains_plot(gains: dict[str, np.ndarray], ylabel: str, title: str) -> bytes:
+    """Per method: one dot per task (class) and a bar at their mean."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(gains), 3.6))
+    for i, values in enumerate(gains.values()):
+        ax.bar(i, np.nanmean(values), color="C0", alpha=0.35)
+        ax.scatter(i + np.linspace(-0.25, 0.25, len(values)), values, s=12, color="C0")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(gains)), list(gains), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     return _png(fig)

@@ -35,7 +35,7 @@ from kka_ray.detectors import build_detector
 from kka_ray.detectors.deepsad import DeepSAD
 from kka_ray.figures import anomaly_grid, iteration_curves
 from kka_ray.metrics import auroc
-from kka_ray.render import RenderConfig
+from kka_ray.render import RenderConfig, resolve_render
 from kka_ray.resources import peak_rss_mb
 from kka_ray.stages.evaluate import (
     SplitConfig,
@@ -60,7 +60,8 @@ class KKAConfig(Strict):
     name: str = Field("kka", description="Run name: outputs go to <run_dir>/<name>/")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     normal_classes: list[str | int] = Field(default_factory=lambda: ["shirt"], min_length=1)
-    seed: int = Field(0, description="Seeds the task split, sampling, rendering, training and the update draws")
+    seed: int = Field(0, description="Seeds the task split, k-means and sampling (where select.seed and "
+                      "generate.seed are None), rendering, training and the update draws")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of training normals held out for Eq. 6")
     select: SelectConfig = Field(default_factory=SelectConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -163,6 +164,14 @@ def _representatives(state: LoopState, task, cfg: KKAConfig) -> list[Representat
     return reps
 
 
+def run_seeded(cfg: KKAConfig) -> KKAConfig:
+    """The config a run works with: select and generate seeds left None take the run's seed, so that the run's
+    seed reaches every random choice (k-means, the samples of normals, every generated row's sampling seed)."""
+    select = cfg.select if cfg.select.seed is not None else cfg.select.model_copy(update={"seed": cfg.seed})
+    generate = cfg.generate if cfg.generate.seed is not None else cfg.generate.model_copy(update={"seed": cfg.seed})
+    return cfg.model_copy(update={"select": select, "generate": generate})
+
+
 def load_task(cfg: KKAConfig):
     dataset = build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.options)
     return make_task(dataset, cfg.dataset.name, cfg.normal_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
@@ -173,7 +182,9 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
     time-limited job slots (continue with resume)."""
     from kka_ray.runtime import init_ray
 
-    state = open_run(cfg, resume)
+    resolve_render(cfg.render, cfg.dataset.name)  # a prior that has seen the dataset is refused before any work
+    state = open_run(cfg, resume)  # config.yaml as given
+    cfg = run_seeded(cfg)
     store, T = state.store, cfg.update.iterations
     init_ray(cfg.ray)
     workdir = Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
@@ -221,8 +232,8 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     adapter = state.rows[-1]["next_adapter"] if state.rows else ""  # run-relative; "" = the base model
     lm = cfg.generate.lm.model_copy(update={"adapter": store.uri(adapter) if adapter else None})
     gen = cfg.generate.model_copy(update={"lm": lm})
-    stream, renderer = anomaly_stream(reps, ctx, gen, cfg.render, *shape, iteration=t)
-    rendered = collect(stream, renderer)
+    stream, renderer = anomaly_stream(reps, ctx, gen, cfg.render, *shape, iteration=t, dataset=cfg.dataset.name)
+    rendered = collect(stream, renderer, cleaned=True)
     new = _new_anomalies(rendered.anomalies, t, adapter)
     costs = dict(rendered.costs)
     _say(f"iter {t} generate+render: {len(new)} anomalies, {len(rendered.rejects)} lines rejected "
@@ -262,6 +273,7 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
         reported.fit(task.train_normal, anomaly_set(anomalies), seed=cfg.seed + t, workdir=workdir)
         score = _test_auroc(reported, task)
     _say(f"iter {t} evaluate: SAD + KKA({t}) test AUROC {score:.1f}")
+    # hard anomalies in A_t, each by the verdict it got when it entered (or again, with update.rejudge)
     hard_set = int(anomalies.column("hard").to_numpy(zero_copy_only=False).sum())
     row = {"iteration": t, "anomalies": len(anomalies), "new": len(new), "rejected": len(rendered.rejects),
            "hard": sp.hard_count, "easy": sp.easy_count, "hard_share": sp.hard_share, "hard_in_set": hard_set,
@@ -303,9 +315,9 @@ def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateC
         state.store.put_dir(adapter_files(Path(d)), f"iter_{t}/adapter")
     out = {"pairs": len(pairs), "pairs_trained": int(pc.sum(pairs.column("trained")).as_py()),
            "next_adapter": f"iter_{t}/adapter",
-           "dpo_loss": dpo.get("train_loss", dpo.get("loss", np.nan)),
-           "dpo_reward_accuracy": dpo.get("rewards/accuracies", np.nan),
-           "dpo_reward_margin": dpo.get("rewards/margins", np.nan),
+           "dpo_loss": dpo.get("round_loss", np.nan),  # means over the round's steps (prefer.round_means)
+           "dpo_reward_accuracy": dpo.get("round_reward_accuracy", np.nan),
+           "dpo_reward_margin": dpo.get("round_reward_margin", np.nan),
            "dpo_step_seconds": dpo.get("step_seconds", np.nan), "dpo_setup_seconds": dpo.get("setup_seconds", np.nan),
            "dpo_bf16": bool(dpo.get("bf16", False)), "dpo_peak_rss_mb": dpo.get("peak_rss_mb", np.nan)}
     _say(f"iter {t} prefer (DPO): {len(pairs)} pairs, loss {out['dpo_loss']:.4f}, reward accuracy "

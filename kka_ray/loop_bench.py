@@ -1,6 +1,6 @@
 """The KKA loop over several normal classes and seeds, summarised as a result record (the paper's Table III:
-SAD without anomalies, SAD + KKA(0) .. KKA(T), means over classes and seeds). Each run is an ordinary loop
-run folder, so an interrupted benchmark resumes where it stopped."""
+SAD without anomalies, SAD + KKA(0) .. KKA(T): per-class means over seeds, then means and 95% intervals over
+classes). Each run is an ordinary loop run folder, so an interrupted benchmark resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -11,16 +11,25 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from kka_ray.config import ConfigError, Strict, load_config
+from kka_ray.config import ConfigError, Strict, config_diff, describe_diff, load_config
 from kka_ray.detectors.deepsad import DeepSAD
 from kka_ray.detectors.deepsad.train import CHECKPOINT_FILE
 from kka_ray.figures import iteration_curves
-from kka_ray.loop import BASELINE_JUDGE, STATE, KKAConfig, load_task, run_loop
-from kka_ray.metrics import mean_ci
+from kka_ray.loop import (
+    BASELINE_JUDGE,
+    RESUMABLE,
+    STATE,
+    KKAConfig,
+    load_run_config,
+    load_task,
+    run_loop,
+    run_seeded,
+)
 from kka_ray.records import metric_key, write_record
 from kka_ray.runtime import init_ray
 from kka_ray.stages.evaluate import judge
 from kka_ray.store import RunStore
+from kka_ray.summary import over_classes
 
 
 class LoopBenchConfig(Strict):
@@ -47,9 +56,30 @@ def run_config(cfg: LoopBenchConfig, cls: str | int, seed: int) -> KKAConfig:
                                        "seed": seed, "run_dir": f"{cfg.run_dir}/{cfg.name}"})
 
 
+# A run folder is reused only for the same run: where it executes (ray, train storage, the folder's parent) may
+# differ, how many iterations it has may not (a changed count is another benchmark).
+SAME_RUN_IGNORES = tuple(p for p in RESUMABLE if p != "update.iterations") + ("run_dir",)
+
+
+def check_same_run(location: str, run: KKAConfig) -> None:
+    """Refuse a run folder whose saved config.yaml differs from `run`, naming the keys and both values."""
+    # Old runs get the loop's defaults for options they predate; seeds compare as the run used them (a folder
+    # saved with generate.seed: 0 before seeds followed the run's is the same run as seed 0 now).
+    saved = run_seeded(load_run_config(location, [])).model_dump(mode="json")
+    current = run_seeded(run).model_dump(mode="json")
+    if changed := config_diff(saved, current, ignore=SAME_RUN_IGNORES):
+        raise ConfigError(f"{location}/config.yaml: the run there was made with another configuration (saved -> "
+                          f"now): {describe_diff(saved, current, changed)}; give the benchmark another `name` or "
+                          f"`run_dir`, or remove {location}")
+
+
 def run_one(run: KKAConfig, fixed_judge: bool = False) -> dict:
-    """A finished run is read back; a started one resumes; a new one runs."""
-    store = RunStore(f"{run.run_dir}/{run.name}")
+    """A finished run is read back; a started one resumes; a new one runs. A folder made with another
+    configuration is refused, finished or not."""
+    location = f"{run.run_dir}/{run.name}"
+    store = RunStore(location)
+    if store.exists("config.yaml"):
+        check_same_run(location, run)
     saved = store.read_json(STATE) if store.exists(STATE) else None
     if saved and saved["completed"] == run.update.iterations:
         out = {"rows": saved["rows"], "baseline": saved["baseline"]}
@@ -96,7 +126,6 @@ def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
         for r in res["rows"]:
             row[f"auroc_kka{r['iteration']}"] = r["auroc"]
             row[f"hard_share_iter{r['iteration']}"] = r["hard_share"]
-            row[f"hard_in_set_iter{r['iteration']}"] = r["hard_in_set"]
             if "pairs" in r:  # a DPO round (t < T); its figures are absent where it had no pair
                 row.update({f"{k}_iter{r['iteration']}": r.get(k, np.nan) for k in DPO})
         for t, share in res.get("fixed", {}).items():
@@ -105,38 +134,56 @@ def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _over_classes(df: pd.DataFrame, names: dict[str, str], **kwargs) -> tuple[dict[str, float], pd.DataFrame]:
+    """over_classes on the table's columns under their names in the record (`names`: name -> column)."""
+    return over_classes(df.assign(**{n: df[c] for n, c in names.items()}), list(names), **kwargs)
+
+
+def _by_iteration(name: str, column: str, final: str, T: int) -> dict[str, str]:
+    """The record's names of iterations 0 .. T-1 (name.format(t); iteration 0 also when T = 0) and of iteration
+    T (`final`) -> their table columns."""
+    return {name.format(t): column.format(t) for t in range(max(T, 1))} | {final: column.format(T)}
+
+
 def summarise(cfg: LoopBenchConfig, df: pd.DataFrame) -> dict[str, float]:
+    """Per-class means over seeds first, then means and 95% intervals over classes (seeds of a class are not
+    independent tasks); KKA's gains over SAD without anomalies are paired by class. The DPO and fixed-judge
+    figures are diagnostics: means over the runs that have them."""
     T = base_loop(cfg).update.iterations
-    m: dict[str, float] = {"runs": len(df), "iterations": T}
-    for key, col in (("auroc_no_anomalies", "auroc_no_anomalies"), ("auroc_kka0", "auroc_kka0"),
-                     ("auroc_kka_final", f"auroc_kka{T}"), ("hard_share_iter0", "hard_share_iter0"),
-                     ("hard_share_final", f"hard_share_iter{T}"), ("hard_in_set_iter0", "hard_in_set_iter0"),
-                     ("hard_in_set_final", f"hard_in_set_iter{T}")):
-        mean, ci = mean_ci(df[col])
-        m[key] = mean
-        if np.isfinite(ci):
-            m[f"{key}_ci95"] = ci
-    for t in range(1, T):
-        m[f"auroc_kka{t}"] = float(df[f"auroc_kka{t}"].mean())
-        m[f"hard_share_iter{t}"] = float(df[f"hard_share_iter{t}"].mean())
+    aurocs = {"no_anomalies": "auroc_no_anomalies"} | _by_iteration("kka{}", "auroc_kka{}", "kka_final", T)
+    m, per_class = _over_classes(df, aurocs, reference="no_anomalies", prefix="auroc_")
+    m["iterations"] = T
+    m.update(_over_classes(df, _by_iteration("iter{}", "hard_share_iter{}", "final", T), prefix="hard_share_")[0])
     for t in range(T):  # over the runs whose round t had pairs
         had_pairs = df[f"dpo_loss_iter{t}"].notna()
         m[f"dpo_rounds_iter{t}"] = int(had_pairs.sum())
         if had_pairs.any():
             m.update({f"{k}_iter{t}": float(df[f"{k}_iter{t}"].mean()) for k in DPO})
-    fixed = [f"fixed_hard_share_iter{t}" for t in range(T + 1)]
-    kept = df.dropna(subset=fixed) if fixed[0] in df else df.iloc[:0]
-    if len(kept):  # same keys as the loop's own share: iter0, iter1 .. iter{T-1}, final
-        m["fixed_judge_runs"] = len(kept)
-        m.update({f"hard_share_fixed_iter{t}": float(kept[c].mean()) for t, c in enumerate(fixed[:-1])})
-        m["hard_share_fixed_final"] = float(kept[fixed[-1]].mean())
-    for cls, g in df.groupby("class", sort=False):
+    fixed = _by_iteration("fixed_iter{}", "fixed_hard_share_iter{}", "fixed_final", T)
+    kept = df.dropna(subset=list(set(fixed.values()))) if "fixed_hard_share_iter0" in df else df.iloc[:0]
+    if len(kept):  # same keys as the loop's own share, under hard_share_fixed_
+        shares, _ = _over_classes(kept, fixed, prefix="hard_share_")
+        m["fixed_judge_runs"] = shares["runs"]
+        m.update({k: v for k, v in shares.items() if k.startswith("hard_share_fixed_")})
+    for cls, row in per_class.iterrows():
         k = metric_key(cls)
-        m[f"auroc_no_anomalies_{k}"] = float(g["auroc_no_anomalies"].mean())
-        m[f"auroc_kka_final_{k}"] = float(g[f"auroc_kka{T}"].mean())
+        m[f"auroc_no_anomalies_{k}"] = float(row["no_anomalies"])
+        m[f"auroc_kka_final_{k}"] = float(row["kka_final"])
     if cfg.demo_summary and Path(cfg.demo_summary).is_file():
         m["demo_minutes"] = float(json.loads(Path(cfg.demo_summary).read_text())["wall_minutes"])
     return m
+
+
+def class_means(df: pd.DataFrame, T: int) -> pd.DataFrame:
+    """Per-class means over seeds of the page's columns (SAD, KKA(0..T), hard shares); their means over classes
+    are the record's."""
+    cols = (["auroc_no_anomalies"] + [f"auroc_kka{t}" for t in range(T + 1)]
+            + [f"hard_share_iter{t}" for t in range(T + 1)])
+    return df.groupby("class", sort=False)[cols].mean()
+
+
+def _ci(m: dict[str, float], key: str) -> str:
+    return f" ± {m[f'{key}_ci95']:.1f}" if f"{key}_ci95" in m else ""
 
 
 def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], command: str) -> str:
@@ -151,27 +198,28 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
         return [f"| {name} | " + " | ".join([f"{r[c]:.1f}" for c in cols] + [f"{r[c]:.3f}" for c in shares]) + " |"
                 for name, r in frame.iterrows()]
 
-    mean = df[cols + shares].mean()
+    per_class = class_means(df, T)
+    mean = per_class.mean()
     changes = f" with `{' '.join(cfg.loop_overrides)}`" if cfg.loop_overrides else ""
     lines = [f"# {cfg.name}", "", f"`{command}`", "", f"Each run: `{cfg.loop_config}`{changes}.", "",
              f"SAD (Deep SAD) test AUROC % on {loop.dataset.name}, one class normal, {loop.update.mode} "
              f"mode, T = {T}; {len(df)} of {len(cfg.classes) * len(cfg.seeds)} runs "
              f"({', '.join(map(str, cfg.classes))} x seeds {', '.join(map(str, cfg.seeds))}). Hard share = share of "
              "the new anomalies N_t that the previous iteration's theta_C (at t = 0: theta_C without anomalies) "
-             "places inside the validation normals' boundary. Hard in A_t = anomalies of the set that were hard "
-             "when they were judged.",
+             "places inside the validation normals' boundary. Each class's row is its mean over seeds; the mean "
+             "row is the mean over classes.",
              "", "| normal class | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
-             *rows(df.groupby("class", sort=False)[cols + shares].mean()),
+             *rows(per_class),
              "| **mean** | " + " | ".join([f"**{mean[c]:.1f}**" for c in cols] +
                                          [f"**{mean[c]:.3f}**" for c in shares]) + " |",
              "", "Every run:", "", "| run | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
              *rows(df.set_index(df["class"].astype(str) + " seed " + df["seed"].astype(str)))]
-    gain = m["auroc_kka_final"] - m["auroc_no_anomalies"]
-    lines += ["", f"KKA({T}) - no anomalies: {gain:+.1f} points (goal: +5); KKA({T}) - KKA(0): "
+    lines += ["", f"KKA({T}) - no anomalies: {m['gain_kka_final']:+.1f}{_ci(m, 'gain_kka_final')} points (goal: +5); "
+              f"KKA(0) - no anomalies: {m['gain_kka0']:+.1f}{_ci(m, 'gain_kka0')}; KKA({T}) - KKA(0): "
               f"{m['auroc_kka_final'] - m['auroc_kka0']:+.1f}; hard share {m['hard_share_iter0']:.3f} -> "
-              f"{m['hard_share_final']:.3f}; hard anomalies in A_t {m['hard_in_set_iter0']:.1f} -> "
-              f"{m['hard_in_set_final']:.1f}.", *fixed_line(m, T), *dpo_line(m, T), "",
-              f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
+              f"{m['hard_share_final']:.3f}. ± = half-width of the 95% t-interval over the {m['classes']:.0f} "
+              "classes (each class's seeds averaged first; a gain is paired by class).",
+              *fixed_line(m, T), *dpo_line(m, T), "", f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
     return "\n".join(lines)
 
 
@@ -208,9 +256,10 @@ def write(cfg: LoopBenchConfig, results: dict, command: str) -> dict[str, float]
     df = table(cfg, results)
     m = summarise(cfg, df)
     T = base_loop(cfg).update.iterations
-    png = iteration_curves(list(range(T + 1)), [float(df[f"auroc_kka{t}"].mean()) for t in range(T + 1)],
-                           [float(df[f"hard_share_iter{t}"].mean()) for t in range(T + 1)],
-                           m["auroc_no_anomalies"], f"{cfg.name}: mean over {len(df)} runs")
+    mean = class_means(df, T).mean()
+    png = iteration_curves(list(range(T + 1)), [float(mean[f"auroc_kka{t}"]) for t in range(T + 1)],
+                           [float(mean[f"hard_share_iter{t}"]) for t in range(T + 1)], m["auroc_no_anomalies"],
+                           f"{cfg.name}: mean over {m['classes']:.0f} classes ({len(df)} runs)")
     outs = [Path(cfg.run_dir) / cfg.name] + ([Path(cfg.results_dir)] if cfg.results_dir else [])
     runs = df.astype(object).where(df.notna(), None).to_dict("records")  # NaN (no value) -> null
     for out in outs:

@@ -164,7 +164,7 @@ def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str,
         (_, m), seconds = _timed(run_dpo, pairs.slice(0, steps * prefer.batch_size), cfg.generate.lm, prefer,
                                  seed=cfg.seed, workdir=workdir)
         out[f"dpo_step_s{suffix}"], out[f"dpo_setup_s{suffix}"] = m["step_seconds"], m["setup_seconds"]
-        out[f"dpo_round_s{suffix}"], out[f"dpo_loss{suffix}"] = seconds, m.get("train_loss", m.get("loss"))
+        out[f"dpo_round_s{suffix}"], out[f"dpo_loss{suffix}"] = seconds, m["round_loss"]
         out[f"dpo_bf16{suffix}"] = m["bf16"]
         out[f"dpo_peak_rss_mb{suffix}"] = m["peak_rss_mb"]  # peak_rss_mb_dpo: the loop's, from the demo
     out["dpo_step_s" + ("_bf16" if chosen else "_fp32")] = out["dpo_step_s"]
@@ -189,7 +189,7 @@ def stream_vs_staged(reps, ctx: NormalContext, cfg: KKAConfig, shape: tuple[int,
     streamed, staged = [], []
     for _ in range(repeats):
         start = time.time()
-        result = collect(*anomaly_stream(reps, ctx, gen_stream, render_stream, *shape))
+        result = collect(*anomaly_stream(reps, ctx, gen_stream, render_stream, *shape), cleaned=True)
         streamed.append(len(result.anomalies) / (time.time() - start))
         start = time.time()
         lines = generate_descriptions(reps, ctx, gen_staged).descriptions

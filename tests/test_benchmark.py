@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kka_ray.benchmark import BenchmarkConfig, run_benchmark, summarise
-from kka_ray.config import ConfigError, load_config
+from kka_ray.benchmark import TABLE, BenchmarkConfig, finished_rows, run_benchmark, summarise
+from kka_ray.config import ConfigError, load_config, save_config
 
 ROOT = Path(__file__).parents[1]
 
@@ -28,8 +28,21 @@ def test_summary_means_and_ci():
                           "seconds": [1.0, 1.0, 1.0, 1.0]})
     metrics, per_class = summarise(table, oracle=False)
     assert metrics["auroc_a"] == 85.0 and metrics["mean_auroc"] == pytest.approx(215 / 3)
-    assert metrics["mean_auroc_ci95"] > 0 and metrics["tasks"] == 4 and metrics["seconds"] == 4.0
-    assert "mean_auroc_oracle" not in metrics
+    # over the 3 class means (85, 70, 60): sd 12.58, t(2 dof) 4.303, not over the 4 tasks
+    assert metrics["mean_auroc_ci95"] == pytest.approx(4.302653 * 12.583057 / 3 ** 0.5, rel=1e-5)
+    assert (metrics["classes"], metrics["seeds"], metrics["tasks"], metrics["seconds"]) == (3, 2, 4, 4.0)
+    assert "mean_auroc_oracle" not in metrics and per_class.loc["a", ("auroc", "std")] == pytest.approx(50 ** 0.5)
+
+
+def test_resume_refuses_a_changed_config_and_names_the_key(tmp_path):
+    cfg = tiny_config(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    save_config(cfg, run / "config.yaml")
+    pd.DataFrame([{"request": '["trouser"]', "normal": "trouser", "seed": 0, "auroc": 90.0}]).to_parquet(run / TABLE)
+    assert finished_rows(run, cfg)[0]["auroc"] == 90.0
+    assert finished_rows(run, tiny_config(tmp_path, **{"ray.num_cpus": 1}))  # where it runs may change
+    with pytest.raises(ConfigError, match=r"different configuration .*detector\.epochs: 2 -> 3.*remove that folder"):
+        finished_rows(run, tiny_config(tmp_path, **{"detector.epochs": 3}))
 
 
 def test_tiny_benchmark_end_to_end(ray_local, tmp_path):

@@ -184,3 +184,34 @@ def test_perf_bench_reads_a_runs_stage_costs(tiny_run):
     spec.loader.exec_module(job)
     page = job.markdown(costs | {"dpo_round_s": 9.0, "dpo_step_s": 1.0}, {}, "cmd", "loop.yaml")
     assert "| demo (minutes, target <= 10) | not measured |" in page and "| loop settings | 1.00 |" in page
+
+
+def test_controls_on_the_tiny_run(tiny_run, tmp_path, monkeypatch):
+    """KKA's controls on the tiny run's iteration 0, read back as a T = 0 run: every control has |A_0| images of
+    the task's shape; the in-domain control renders A_0's own sentences; a fit is cached, so a rerun refits
+    nothing; a run folder of another configuration is refused."""
+    from kka_ray.config import save_config
+    from kka_ray.controls import ControlsConfig, control_set, run_config, run_controls
+    from kka_ray.detectors.deepsad import DeepSAD
+    from kka_ray.loop import load_task
+
+    cfg, state = tiny_run
+    save_config(cfg, tmp_path / "loop.yaml")
+    ctl = ControlsConfig(name="ctl", classes=["shirt"], seeds=[cfg.seed], loop_config=str(tmp_path / "loop.yaml"),
+                         controls=["noise"], run_dir=str(tmp_path / "bench"), results_dir=None)
+    run = run_config(ctl, "shirt", cfg.seed)
+    after_iteration(state, 0, Path(run.run_dir) / run.name, update={"iterations": 0})
+    out = run_controls(run, ctl, tmp_path / "work")
+    assert out["no_anomalies"] == state.baseline["auroc"] and out["kka0_general"] == state.rows[0]["auroc"]
+    assert 0 <= out["noise"] <= 100 and out["anomalies"] == state.rows[0]["anomalies"]
+    monkeypatch.setattr(DeepSAD, "fit", lambda *a, **k: pytest.fail("a cached control was fitted again"))
+    assert run_controls(run, ctl, tmp_path / "work") == out
+    task = load_task(run)
+    a0 = pq.read_table(f"{run.run_dir}/{run.name}/iter_0/anomalies.parquet")
+    for method in ("noise", "prior_only", "kka0_in_domain", "oracle"):
+        got = control_set(method, run, ctl, task, a0)
+        assert got.images.shape == (len(a0), *task.train_normal.shape), method
+    assert [d[0] for d in control_set("kka0_in_domain", run, ctl, task, a0).descriptions] == \
+        a0.column("sentence").to_pylist()
+    with pytest.raises(ConfigError, match="prefer.steps"):
+        run_controls(run.model_copy(update={"prefer": run.prefer.model_copy(update={"steps": 9})}), ctl, tmp_path)

@@ -4,8 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kka_ray.loop_bench import LoopBenchConfig, markdown, run_config, summarise, table, write
+from kka_ray.config import ConfigError, RayConfig
+from kka_ray.loop import STATE
+from kka_ray.loop_bench import LoopBenchConfig, markdown, run_config, run_one, summarise, table, write
+from kka_ray.store import RunStore
+
+T1 = 12.706204736174707  # Student t, 97.5% quantile, 1 degree of freedom (2 classes)
 
 
 def result(base, aurocs, shares, fixed=None, dpo=()):
@@ -35,20 +41,53 @@ def test_summary_means_and_keys(cfg):
                ("t-shirt", 1): result(82, [82, 83, 84], [0.2, 0.2, 0.2])}
     df = table(cfg, results)
     m = summarise(cfg, df)
-    assert m["runs"] == 4 and m["auroc_no_anomalies"] == 76 and m["auroc_kka0"] == 77
+    assert (m["runs"], m["classes"], m["seeds"]) == (4, 2, 2)
+    assert m["auroc_no_anomalies"] == 76 and m["auroc_kka0"] == 77
     assert m["auroc_kka_final"] == 80 and m["auroc_kka1"] == 78.5
     assert m["hard_share_iter0"] == pytest.approx(0.1) and m["hard_share_final"] == pytest.approx(0.3)
-    assert m["hard_in_set_iter0"] == pytest.approx(10) and m["hard_in_set_final"] == pytest.approx(30)
+    assert not any("hard_in_set" in k for k in m) and "hard_in_set_iter0" not in df
     assert m["auroc_kka_final_t_shirt"] == 83 and m["auroc_no_anomalies_shirt"] == 71
-    assert m["demo_minutes"] == 14.5 and m["auroc_kka_final_ci95"] > 0
+    # 95% intervals over the 2 classes (class means 77 and 83), not over the 4 runs
+    assert m["demo_minutes"] == 14.5 and m["auroc_kka_final_ci95"] == pytest.approx(T1 * 3)
+    # gains paired by class: KKA(2) - no anomalies = 6 (shirt) and 2 (t-shirt)
+    assert m["gain_kka_final"] == pytest.approx(4) and m["gain_kka_final_ci95"] == pytest.approx(T1 * 2)
+    assert m["gain_kka0"] == pytest.approx(1) and m["gain_kka0_ci95"] == pytest.approx(T1 * 1)
     page = markdown(cfg, df, m, "python jobs/bench_kka.py")
-    assert "4 of 4 runs" in page
-    assert "| shirt | 71.0 | 73.0 | 75.0 | 77.0 |" in page and "+4.0 points" in page and "10.0 -> 30.0" in page
+    assert "4 of 4 runs" in page and "hard anomalies in A_t" not in page
+    assert "| shirt | 71.0 | 73.0 | 75.0 | 77.0 |" in page and "+4.0 ± 25.4 points" in page
+    assert "95% t-interval over the 2 classes" in page
     write(cfg, results, "cmd")
     record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
     assert record["metrics"]["runs"] == 4 and len(record["runs"]) == 4
     assert "fixed_judge_runs" not in m and "fixed judge" not in page
     assert m["dpo_rounds_iter0"] == 0 and "dpo_loss_iter0" not in m and "no round had pairs" in page
+
+
+def test_seeds_are_averaged_within_a_class_first(cfg):
+    results = {("shirt", 0): result(70, [72, 74, 76], [0.1, 0.2, 0.3]),
+               ("shirt", 1): result(72, [74, 76, 78], [0.1, 0.3, 0.5]),
+               ("t-shirt", 0): result(80, [80, 81, 82], [0.0, 0.1, 0.2])}
+    df = table(cfg, results)
+    m = summarise(cfg, df)
+    # classes 71 and 80 (the mean over the 3 runs would be 74); KKA(2): 77 and 82
+    assert m["auroc_no_anomalies"] == pytest.approx(75.5) and m["auroc_kka_final"] == pytest.approx(79.5)
+    assert (m["runs"], m["classes"], m["seeds"]) == (3, 2, 2)
+    assert "| **mean** | **75.5** |" in markdown(cfg, df, m, "cmd")
+
+
+def test_a_run_folder_made_with_another_config_is_refused(cfg):
+    run = run_config(cfg, "shirt", 0)
+    store = RunStore(f"{run.run_dir}/{run.name}")
+    store.write_text("config.yaml", yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))
+    finished = result(70, [72, 74, 76], [0.1, 0.2, 0.3])
+    store.write_json(STATE, {"completed": run.update.iterations, **finished})
+    assert run_one(run)["baseline"]["auroc"] == 70  # the same run: read back, nothing runs
+    assert run_one(run.model_copy(update={"ray": RayConfig(num_cpus=1)}))["rows"]  # where it runs may change
+    # a finished run is checked too, and a changed iteration count is a changed benchmark
+    changed = cfg.model_copy(update={"loop_overrides": ["prefer.steps=8", "update.iterations=3"]})
+    with pytest.raises(ConfigError, match=r"shirt-seed0/config.yaml: .*prefer\.steps: 16 -> 8; "
+                                          r"update\.iterations: 2 -> 3; .*or remove"):
+        run_one(run_config(changed, "shirt", 0))
 
 
 def test_dpo_means_cover_the_rounds_that_had_pairs(cfg):

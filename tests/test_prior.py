@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from kka_ray.config import load_config
-from kka_ray.prior.corpus import ATTRIBUTES, NOUNS, CorpusConfig, attribute_words, build_corpus, measure, pad_to
+from kka_ray.data.attributes import ATTRIBUTES, attribute_words, measure
+from kka_ray.prior.corpus import NOUNS, CorpusConfig, build_corpus, pad_to
 from kka_ray.prior.model import PriorConfig
 from kka_ray.render import RenderConfig
 from kka_ray.render.diffusers_backend import DiffusersRenderer
@@ -30,7 +31,8 @@ def test_measured_attributes_order_images():
 
 
 def test_corpus_captions_and_exclusion():
-    corpus = build_corpus(CorpusConfig(max_per_dataset=50, exclude=["mnist"]))
+    corpus = build_corpus(CorpusConfig(datasets=["fashion_mnist", "mnist"], augment={}, max_per_dataset=50,
+                                       exclude=["mnist"]))
     assert corpus.images.shape == (50, 32, 32, 1) and len(corpus.class_names) == 10
     caps = corpus.captions(np.arange(50), np.random.default_rng(0))
     vocab = {w for words in ATTRIBUTES.values() for w in words}
@@ -38,7 +40,9 @@ def test_corpus_captions_and_exclusion():
         assert any(n in cap for n in NOUNS[corpus.class_names[y]]), cap
     assert any(w in " ".join(caps) for w in vocab)
     with pytest.raises(ValueError, match="every dataset"):
-        build_corpus(CorpusConfig(exclude=["fashion_mnist", "mnist"]))
+        build_corpus(CorpusConfig(datasets=["fashion_mnist", "mnist"], exclude=["fashion_mnist", "mnist"]))
+    with pytest.raises(ValueError, match="corpus.augment names"):
+        build_corpus(CorpusConfig(datasets=["mnist"], augment={"emoji": 2}))
     with pytest.raises(ValueError, match="larger than image_size"):
         pad_to(np.zeros((1, 40, 40, 1), np.uint8), 32)
 
@@ -64,11 +68,16 @@ def test_train_and_bench_jobs_end_to_end(ray_local, tmp_path, monkeypatch):
     assert images.shape == (2, 32, 32, 1) and np.isfinite(images).all()
 
     results = tmp_path / "results"
-    run_job("jobs/bench_prior.py", ["--prior", str(out), "--per-prompt", "2", "--judge-epochs", "1", "--out",
-                                    str(results), "--set", "steps=2", "--set", "cpus_per_actor=1"], monkeypatch)
-    record = json.loads((results / "prior.json").read_text())
-    for key in ("class_prompt_accuracy", "paraphrase_accuracy", "judge_test_accuracy", "train_minutes",
-                "weights_mb", "images_per_s", "ray_overhead_ratio"):
+    run_job("jobs/bench_prior.py", ["--prior", str(out), "--per-prompt", "2", "--per-group", "1", "--judge-epochs",
+                                    "1", "--judge-max-train", "300", "--out", str(results), "--set", "steps=2",
+                                    "--set", "cpus_per_actor=1"], monkeypatch)
+    record = json.loads((results / "prior-prior.json").read_text())
+    assert record["corpus"]["datasets"] == ["emoji", "mnist"]  # the default corpus: the general prior's
+    for key in ("class_prompt_accuracy", "paraphrase_accuracy", "zero_shot_accuracy", "emoji_group_accuracy",
+                "class_prompt_judge_accuracy", "zero_shot_judge_accuracy", "emoji_group_judge_accuracy",
+                "train_minutes", "weights_mb", "corpus_images", "concepts", "images_per_s", "ray_overhead_ratio"):
         assert key in record["metrics"], key
-    assert 0 <= record["metrics"]["class_prompt_accuracy"] <= 1
-    assert (results / "prior-class_prompt.png").is_file() and (results / "prior-paraphrase.png").is_file()
+    m = record["metrics"]
+    assert 0 <= m["zero_shot_accuracy"] <= 1 and m["concepts"] == record["corpus"]["concepts"] <= 74
+    for kind in ("class_prompt", "paraphrase", "zero_shot", "emoji_group"):
+        assert (results / f"prior-prior-{kind}.png").is_file(), kind

@@ -57,8 +57,9 @@ def test_scheduler_swap_and_errors(tiny_sd, tmp_path, monkeypatch):
     assert r(batch(["a red shoe"], [0]))["image"].shape == (1, 16, 16, 3)
     with pytest.raises(ValueError, match="no scheduler 'Nope'"):
         DiffusersRenderer(RenderConfig(model=tiny_sd, scheduler="Nope", cpus_per_actor=1).model_dump(), 16, 3)
-    monkeypatch.setattr(prior_module, "PRIOR_DIR", tmp_path / "none")
-    with pytest.raises(FileNotFoundError, match="train_prior.py"):
+    (tmp_path / "none").mkdir()
+    monkeypatch.setattr(prior_module, "PRIORS_DIR", tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="train_prior.py --config configs/prior/general.yaml"):
         DiffusersRenderer(RenderConfig(cpus_per_actor=1).model_dump(), 16, 3)
 
 

@@ -2,6 +2,7 @@
 
 from kka_ray.data import (  # noqa: F401  (importing a loader module registers its datasets)
     cifar100,
+    emoji,
     idx,  # fashion_mnist, mnist
     image_folder,
     oxford102,

@@ -1,5 +1,6 @@
-"""How good the offline prior is: judge accuracy on renders of class prompts and of unseen paraphrases, and the
-render pool's throughput against a bare loop over the same pipeline."""
+"""How good an offline prior is: judge accuracy on renders of class prompts of the grey datasets it saw and of
+the one it never saw (zero-shot), of unseen paraphrases, of emoji concepts in unseen wordings (judged by coarse
+group), and the render pool's throughput against a bare loop over the same pipeline."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow as pa
 
 from kka_ray.actor_map import driver_blocks
 from kka_ray.data import build_dataset
-from kka_ray.prior.corpus import NOUNS, Corpus, pad_to
+from kka_ray.prior.corpus import NOUNS, pad_to
 from kka_ray.prior.judge import JudgeNet, predict, train_judge
 from kka_ray.render import RenderConfig, build_renderer
 from kka_ray.render.diffusers_backend import DiffusersRenderer
@@ -34,6 +35,15 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
 }
 
 
+def emoji_prompts(concepts: list) -> list[tuple[str, int]]:
+    from kka_ray.data.emoji import GROUPS
+    from kka_ray.prior.corpus import with_articles
+
+    groups = list(GROUPS)
+    return [(with_articles(t.format(noun=c.name)), groups.index(c.group)) for c in concepts
+            for t in HELD_OUT_TEMPLATES]
+
+
 def class_prompts(class_names: tuple[str, ...]) -> list[tuple[str, int]]:
     """Training-style prompts: the corpus's first template with each class's first wording."""
     return [(f"a photo of a {NOUNS[c][0]}", i) for i, c in enumerate(class_names)]
@@ -43,17 +53,61 @@ def paraphrase_prompts(class_names: tuple[str, ...]) -> list[tuple[str, int]]:
     return [(p, i) for i, c in enumerate(class_names) for p in PARAPHRASES.get(c, ())]
 
 
-def judge_for(corpus: Corpus, datasets: list[str], epochs: int) -> tuple[JudgeNet, float]:
-    """Train the judge on the corpus (training images) and measure it on the datasets' real test images."""
-    net = train_judge(corpus.images, corpus.labels, len(corpus.class_names), epochs=epochs)
-    images, labels, offset = [], [], 0
+GREY = ("fashion_mnist", "mnist")  # the datasets with class judges: seen or never seen by a prior
+# Wordings of emoji concepts that no corpus caption uses (kka_ray/prior/corpus.py TEMPLATES).
+HELD_OUT_TEMPLATES = ("an icon of a {noun}", "a simple drawing of a {noun}")
+
+
+def judge_for(datasets: list[str], size: int, epochs: int, max_train: int | None = None
+              ) -> tuple[JudgeNet, float, tuple[str, ...]]:
+    """A judge trained on the datasets' training images (classes concatenated; a seeded `max_train` per dataset),
+    its accuracy on their real test images, and the class names in label order."""
+    train, test, names = [], [], []
     for name in datasets:
-        test = build_dataset(name).load("test")
-        images.append(pad_to(test.images, corpus.images.shape[1]))
-        labels.append(test.labels + offset)
-        offset += len(test.class_names)
-    acc = float((predict(net, np.concatenate(images)) == np.concatenate(labels)).mean())
-    return net, acc
+        ds = build_dataset(name)
+        for split, out in (("train", train), ("test", test)):
+            data = ds.load(split)
+            if split == "train" and max_train and len(data) > max_train:
+                data = data.subset(np.sort(np.random.default_rng(0).choice(len(data), max_train, replace=False)))
+            out.append((pad_to(data.images, size), data.labels + len(names)))
+        names += list(data.class_names)
+    net = train_judge(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), len(names),
+                      epochs=epochs)
+    acc = float((predict(net, np.concatenate([x for x, _ in test])) == np.concatenate([y for _, y in test])).mean())
+    return net, acc, tuple(names)
+
+
+def emoji_sample(per_group: int, seed: int = 0) -> tuple[list, list]:
+    """A fixed, seeded sample of `per_group` concepts of each coarse group, and the other grouped concepts."""
+    from kka_ray.data.emoji import GROUPS, EmojiDataset
+
+    rng = np.random.default_rng(seed)
+    grouped = [c for c in EmojiDataset().concepts() if c.group]
+    sample = []
+    for g in GROUPS:
+        members = [c for c in grouped if c.group == g]
+        sample += [members[i] for i in np.sort(rng.choice(len(members), min(per_group, len(members)), replace=False))]
+    chosen = {c.name for c in sample}
+    return sample, [c for c in grouped if c.name not in chosen]
+
+
+def group_judge(train_concepts: list, test_concepts: list, size: int, epochs: int) -> tuple[JudgeNet, float]:
+    """A coarse-group classifier on real emoji images of `train_concepts` (augmented), and its accuracy on the
+    real images of `test_concepts`, concepts it never saw: what a render of one may be held to."""
+    from kka_ray.data.emoji import GROUPS, EmojiDataset, load_png
+    from kka_ray.prior.corpus import augment
+
+    root, groups = EmojiDataset().folder(), list(GROUPS)
+
+    def images(concepts):
+        rows = [(load_png(root / s / "64" / f, 28), groups.index(c.group)) for c in concepts for s, f in c.images]
+        return pad_to(np.stack([r[0] for r in rows])[..., None], size), np.array([r[1] for r in rows])
+
+    x, y = images(train_concepts)
+    x = np.concatenate([x, augment(x, 7, np.ones(len(x), bool), np.random.default_rng(0))])
+    net = train_judge(x, np.tile(y, 8), len(groups), epochs=epochs, batch_size=128)
+    tx, ty = images(test_concepts)
+    return net, float((predict(net, tx) == ty).mean())
 
 
 def render_table(prompts: list[tuple[str, int]], per_prompt: int) -> pa.Table:

@@ -19,7 +19,7 @@ from diffusers.training_utils import EMAModel
 
 from kka_ray.ddp import Progress, mean_over_workers, unwrap
 from kka_ray.precision import resolve_bf16
-from kka_ray.prior.corpus import Corpus, build_corpus
+from kka_ray.prior.corpus import Corpus, build_corpus, corpus_summary
 from kka_ray.prior.model import (
     PriorConfig,
     assemble,
@@ -154,8 +154,9 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report({"scaling_factor": scaling}, checkpoint=checkpoint)
 
 
-def train_prior(cfg: PriorConfig, out: Path, workdir: Path) -> Path:
-    """Train in Ray Train and write the pipeline to `out` (text-encoder weights linked, not copied)."""
+def train_prior(cfg: PriorConfig, out: Path, workdir: Path) -> tuple[Path, dict]:
+    """Train in Ray Train and write the pipeline to `out` (text-encoder weights linked, not copied); returns it
+    with the corpus's summary."""
     from diffusers import StableDiffusionPipeline
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -171,4 +172,4 @@ def train_prior(cfg: PriorConfig, out: Path, workdir: Path) -> Path:
     result = trainer.fit()
     with result.checkpoint.as_directory() as ckpt:
         pipe = StableDiffusionPipeline.from_pretrained(Path(ckpt) / PIPELINE_DIR)
-        return save_prior(pipe, Path(out))
+        return save_prior(pipe, Path(out)), corpus_summary(corpus)

@@ -23,7 +23,11 @@ from kka_ray.resources import peak_rss_mb
 class RenderConfig(Strict):
     backend: str = Field("diffusers", description="Registered text-to-image backend")
     model: str | None = Field(None, description="Hub id or local diffusers folder; None = the project's offline "
-                              "prior (see jobs/train_prior.py)")
+                              "prior named by `prior` (see jobs/train_prior.py)")
+    prior: str = Field("auto", description="Offline prior when model is None: general, general-no-mnist, "
+                       "in-domain, or auto = the first general prior whose corpus does not hold the task's dataset")
+    allow_prior_overlap: bool = Field(False, description="Let a prior whose corpus holds the task's dataset render "
+                                      "for it (the in-domain control; refused otherwise)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on GPU, float32 on CPU")
     scheduler: str | None = Field(None, description="diffusers scheduler class to swap in (e.g. DDPMScheduler, "

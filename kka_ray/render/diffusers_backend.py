@@ -13,9 +13,9 @@ from kka_ray.render.base import RENDERERS, RenderActor, RenderBackend, RenderCon
 def pipeline_source(cfg: RenderConfig) -> str:
     if cfg.model is not None:
         return cfg.model
-    from kka_ray.render.prior import offline_prior_dir
+    from kka_ray.render.prior import GENERAL, prior_dir
 
-    return str(offline_prior_dir())
+    return str(prior_dir(GENERAL[0] if cfg.prior == "auto" else cfg.prior))
 
 
 def load_pipeline(cfg: RenderConfig, device: str):
@@ -70,4 +70,4 @@ class DiffusersBackend(RenderBackend):
         )
 
     def model_id(self) -> str:
-        return self.cfg.model or "kka-ray offline prior"
+        return self.cfg.model or f"kka-ray offline prior {self.cfg.prior}"

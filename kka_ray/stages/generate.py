@@ -25,7 +25,7 @@ from kka_ray.data.task import OneClassTask
 from kka_ray.llm import LMConfig, build_backend
 from kka_ray.resources import peak_rss_mb
 from kka_ray.stages.select import Representative
-from kka_ray.text.clean import CleanConfig, clean
+from kka_ray.text.clean import CleanConfig, clean_lines, drop_later_copies, line_key
 
 PAPER_TEMPLATE = ("Please generate new sentences that describe {domain}. The sentences should follow the exact "
                   "structure and style of the example below: {example}")
@@ -59,7 +59,9 @@ class GenerateConfig(Strict):
     system_prompt: str | None = Field(None, description="Optional system message")
     samples_per_representative: int = Field(40, ge=1, description="Sampled completions per representative")
     max_normal_descriptions: int = Field(1000, ge=1, description="Normal descriptions compared against (sampled)")
-    seed: int = 0
+    seed: int | None = Field(None, description="Seeds the rows' sampling seeds and the sample of normal "
+                             "descriptions; None = the run's seed in a KKA run, 0 where there is no run (the Serve "
+                             "endpoint, the knowledge job)")
     lm: LMConfig = Field(default_factory=LMConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
 
@@ -83,11 +85,15 @@ class NormalContext:
     normal_descriptions: tuple[str, ...]
 
 
+def _seed(cfg: GenerateConfig) -> int:
+    return 0 if cfg.seed is None else cfg.seed  # None reaches here only outside a KKA run
+
+
 def normal_context(task: OneClassTask, cfg: GenerateConfig) -> NormalContext:
     """Names and descriptions of the normal side, and the other classes' names (for the t-shirt/shirt rule)."""
     texts = sorted({d for descs in task.train_normal.descriptions for d in descs})
     if len(texts) > cfg.max_normal_descriptions:
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(_seed(cfg))
         texts = sorted(rng.choice(texts, cfg.max_normal_descriptions, replace=False))
     others = tuple(n for n in task.test.class_names if n not in task.normal_classes)
     return NormalContext(task=task.name, domain=cfg.domain or task.domain, normal_names=task.normal_classes,
@@ -111,7 +117,7 @@ def prompt_table(reps: Sequence[Representative], ctx: NormalContext, cfg: Genera
     """One row per (representative, sample): the prompt, its messages, its seed and the provenance."""
     n = cfg.samples_per_representative
     rows = [(rep, j) for rep in reps for j in range(n)]
-    seeds = row_seeds(cfg.seed, iteration, len(rows))
+    seeds = row_seeds(_seed(cfg), iteration, len(rows))
     messages = {rep.cluster: messages_for(cfg, ctx.domain, rep.description) for rep in reps}
     return pa.table({
         "row_id": np.arange(len(rows)),
@@ -135,7 +141,11 @@ def prompt_dataset(table: pa.Table, cfg: GenerateConfig):
 class Cleaner:
     """Ray Data actor (pool of one: duplicates are judged against everything kept so far in the stream).
 
-    Turns each generated row into one row per sentence; kept lines have an empty `reason`.
+    Turns each generated row into one row per sentence, a row's lines in their order; kept lines have an empty
+    `reason`. Rows arrive in whatever order the LM pool finishes them, but the copy of a line to keep is the first
+    in generation order: a line is held back as a duplicate only when a copy was kept in an earlier row (or earlier
+    in its row), and a later copy that arrived first is rejected afterwards, by `drop_later_copies` on the whole
+    stream in row_id order.
     """
 
     def __init__(self, ctx: NormalContext, cfg: dict, provenance: dict):
@@ -147,16 +157,24 @@ class Cleaner:
 
         self.ctx, self.cfg, self.provenance = ctx, CleanConfig(**cfg), provenance
         self.encoder = SentenceEncoder() if self.cfg.similarity_threshold is not None else None
-        self.kept_keys: set[str] = set()
+        self.first_rows: dict[str, int] = {}  # line_key -> the smallest row_id of a kept copy
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         start = time.time()
+        batch = batch.sort_values("row_id", kind="stable")  # within the call, a copy is judged after earlier rows
         rows = batch.rename(columns={"generated_text": "text"}).assign(
             truncated=batch["num_generated_tokens"] >= self.provenance["max_new_tokens"]).to_dict("records")
-        kept, rejected = clean(rows, self.ctx.normal_names, self.ctx.other_names, self.ctx.normal_descriptions,
-                               self.cfg, self.encoder, kept_keys=self.kept_keys)
-        lines = pd.DataFrame([{**r, "reason": ""} for r in kept] + rejected)
-        return lines.sort_values("row_id", kind="stable").assign(
+        # Copies kept before this batch's first row; the pool's blocks are row ranges, so no other batch kept one
+        # inside this batch's range (were it so, the final pass would settle it).
+        first = batch["row_id"].min()
+        earlier = {key for key, row in self.first_rows.items() if row < first}
+        lines = clean_lines(rows, self.ctx.normal_names, self.ctx.other_names, self.ctx.normal_descriptions,
+                            self.cfg, self.encoder, kept_keys=earlier)
+        for line in lines:
+            if line["reason"] == "":
+                key = line_key(line["sentence"])
+                self.first_rows[key] = min(self.first_rows.get(key, line["row_id"]), line["row_id"])
+        return pd.DataFrame(lines).assign(
             **self.provenance, clean_start=start, clean_end=time.time(), clean_peak_rss_mb=peak_rss_mb())
 
 
@@ -234,6 +252,9 @@ def generate_descriptions(reps, ctx: NormalContext, cfg: GenerateConfig, iterati
     refs = description_stream(reps, ctx, cfg, iteration).to_arrow_refs()
     # Blocks arrive in whatever order the pool finishes them; a stable sort restores generation order.
     lines = pa.concat_tables(ray.get(refs), promote_options="permissive").sort_by("row_id")
+    # Later copies of a kept line that arrived before the first one are duplicates too.
+    reasons = drop_later_copies(*(lines.column(c).to_pylist() for c in ("row_id", "sentence", "reason")))
+    lines = lines.set_column(lines.column_names.index("reason"), "reason", pa.array(reasons, pa.string()))
     costs = [c for c in COST_COLUMNS if c in lines.column_names]
     stats = generation_stats(lines, time.time() - start) | stream_costs(
         {c: lines.column(c).to_numpy() for c in ("row_id", "batch_start", "batch_end", *costs)

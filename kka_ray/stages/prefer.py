@@ -11,6 +11,8 @@ integration (prepare_trainer, RayTrainReportCallback), so it is data-parallel ac
 model is the previous iteration's model: iteration 0 trains a fresh adapter against the base model; later
 iterations keep training the previous adapter, with a frozen copy of it as the reference (trl does this for
 a PeftModel passed without a ref_model). Every iteration's adapter is a standalone peft adapter on the base.
+The round's loss, reward margin and reward accuracy are means over all its steps (`round_means`), not the last
+batch's.
 """
 
 from __future__ import annotations
@@ -106,6 +108,23 @@ def dpo_records(pairs: pa.Table) -> list[dict]:
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in pairs.to_pylist()]
 
 
+# trl's per-step figures -> the names of their means over a DPO round in run_dpo's metrics
+ROUND_MEANS = {"loss": "round_loss", "rewards/margins": "round_reward_margin",
+               "rewards/accuracies": "round_reward_accuracy"}
+
+
+def round_means(log_history: list[dict]) -> dict[str, float]:
+    """Means of ROUND_MEANS over a round's training steps (logged with `logging_steps=1`: one entry per optimizer
+    step, each carrying `loss`), and their count as `round_steps`. The Trainer's closing entry (`train_loss`) and
+    other entries without `loss` are not steps. NaN for a figure no step logged."""
+    steps = [e for e in log_history if "loss" in e]
+    out = {"round_steps": float(len(steps))}
+    for key, name in ROUND_MEANS.items():
+        values = [e[key] for e in steps if key in e]
+        out[name] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
 def dpo_loop_per_worker(config: dict) -> None:
     import datasets
     import torch
@@ -117,9 +136,10 @@ def dpo_loop_per_worker(config: dict) -> None:
 
     from kka_ray.llm.hf import load_causal_lm
 
-    class StageTimes(TrainerCallback):
-        """Adds the mean optimizer-step seconds and the setup seconds (reference precompute included) to the
-        logged metrics that RayTrainReportCallback reports with the checkpoint (it runs after this one)."""
+    class RoundSummary(TrainerCallback):
+        """Adds the round's means (round_means), the mean optimizer-step seconds and the setup seconds (reference
+        precompute included) to the logged metrics that RayTrainReportCallback reports with the checkpoint. Both
+        act on the one save, at the last step: after that step's log entry, and this one runs first."""
 
         def __init__(self, setup_start: float):
             self.setup_start, self.times, self.setup = setup_start, [], 0.0
@@ -132,9 +152,11 @@ def dpo_loop_per_worker(config: dict) -> None:
 
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.time() - self.step_start)
-            if state.global_step >= state.max_steps:
-                state.log_history.append({"step_seconds": float(np.mean(self.times)), "setup_seconds": self.setup,
-                                          "bf16": float(args.bf16), "peak_rss_mb": peak_rss_mb()})
+
+        def on_save(self, args, state, control, **kwargs):
+            state.log_history.append({**round_means(state.log_history), "step_seconds": float(np.mean(self.times)),
+                                      "setup_seconds": self.setup, "bf16": float(args.bf16),
+                                      "peak_rss_mb": peak_rss_mb()})
 
     datasets.utils.logging.set_verbosity_error()  # its cache fingerprinting dumps bytecode on trl's lambdas
     datasets.disable_caching()
@@ -158,20 +180,22 @@ def dpo_loop_per_worker(config: dict) -> None:
             per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
             max_length=cfg.max_length, bf16=resolve_bf16("dpo", cfg.bf16, device), gradient_checkpointing=False,
             use_cpu=device == "cpu",
-            logging_steps=max(1, cfg.steps // 10), save_strategy="steps", save_steps=cfg.steps,
+            logging_steps=1, save_strategy="steps", save_steps=cfg.steps,  # every step logged: round_means
             save_only_model=True, report_to="none", seed=config["seed"], data_seed=config["seed"],
             disable_tqdm=True, dataloader_num_workers=0, ddp_find_unused_parameters=False,
             precompute_ref_log_probs=cfg.precompute_ref, precompute_ref_batch_size=cfg.ref_batch_size,
         )
         trainer = DPOTrainer(model, args=args, train_dataset=Dataset.from_list(ray.get(config["pairs"])),
                              processing_class=tok, peft_config=lora,
-                             callbacks=[StageTimes(setup_start), RayTrainReportCallback()])
+                             callbacks=[RoundSummary(setup_start), RayTrainReportCallback()])
         prepare_trainer(trainer).train()
 
 
 def run_dpo(pairs: pa.Table, lm: LMConfig, cfg: PreferConfig, *, seed: int, workdir: Path):
     """Fine-tune `lm` (base + its adapter, if any) on the pairs (those marked `trained` where the column is
-    there); returns (checkpoint with the adapter, metrics)."""
+    there); returns (checkpoint with the adapter, metrics). In the metrics, `round_loss`, `round_reward_margin`
+    and `round_reward_accuracy` are the means over all the round's steps; trl's own keys (`loss`,
+    `rewards/margins`, ...) are its last step's."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

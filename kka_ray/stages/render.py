@@ -16,14 +16,15 @@ import pyarrow as pa
 from kka_ray.render import RenderConfig, build_renderer
 from kka_ray.stages.generate import COST_COLUMNS, GenerateConfig, NormalContext, description_stream, stream_costs
 from kka_ray.stages.select import Representative
+from kka_ray.text.clean import drop_later_copies
 
 _RENDER_ONLY = ("image", "rendered", "render_seed", "render_seconds", "render_start", "render_end")
 
 
 def anomaly_stream(reps: Sequence[Representative], ctx: NormalContext, gen: GenerateConfig, render: RenderConfig,
-                   size: int, channels: int, iteration: int = 0):
-    """The lazy pipeline prompts -> LM pool -> cleaner -> render pool."""
-    backend = build_renderer(render)
+                   size: int, channels: int, iteration: int = 0, dataset: str | None = None):
+    """The lazy pipeline prompts -> LM pool -> cleaner -> render pool (the prior checked against `dataset`)."""
+    backend = build_renderer(render, dataset)
     stream = backend.apply(description_stream(reps, ctx, gen, iteration), size, channels)
     return stream, backend.model_id()
 
@@ -40,8 +41,9 @@ class RenderResult:
         return self.anomalies.column("image").combine_chunks().to_numpy_ndarray()
 
 
-def collect(stream, renderer_id: str) -> RenderResult:
-    """Run the stream to its end; split rendered anomalies from rejected lines."""
+def collect(stream, renderer_id: str, cleaned: bool = False) -> RenderResult:
+    """Run the stream to its end; split rendered anomalies from rejected lines. `cleaned`: the stream came through
+    the cleaner (`anomaly_stream`), whose later copies of a kept line are settled here, in generation order."""
     start = time.time()
     columns: dict[str, list] = {}
     for batch in stream.iter_batches(batch_size=None, batch_format="numpy"):
@@ -52,6 +54,9 @@ def collect(stream, renderer_id: str) -> RenderResult:
         order = np.argsort(data["row_id"], kind="stable")
         data = {k: v[order] for k, v in data.items()}
     kept = data["rendered"].astype(bool)
+    if cleaned:  # a later copy that arrived before the first one was rendered, but it is a duplicate
+        data["reason"] = np.array(drop_later_copies(data["row_id"], data["sentence"], data["reason"]), dtype=object)
+        kept &= data["reason"] == ""
     costs = stream_costs(data)
     meta = {k: v for k, v in data.items() if k not in _RENDER_ONLY and k not in COST_COLUMNS}
     anomalies = pa.table({

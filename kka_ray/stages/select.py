@@ -13,6 +13,7 @@ from sklearn.cluster import KMeans
 from sklearn.covariance import OAS, LedoitWolf
 
 from kka_ray.config import Strict
+from kka_ray.data.attributes import attribute_descriptions
 from kka_ray.data.base import ImageSet
 from kka_ray.features import FeatureConfig, embed
 
@@ -23,10 +24,16 @@ _SHRINKAGE = {"ledoit_wolf": LedoitWolf, "oas": OAS}
 class SelectConfig(Strict):
     k: int = Field(5, ge=1, description="Clusters, hence representative descriptions (style examples)")
     features: FeatureConfig = Field(default_factory=FeatureConfig, description="phi")
-    seed: int = Field(0, description="k-means seed")
+    seed: int | None = Field(None, description="Seeds k-means and the subset of normals; None = the run's seed in a "
+                             "KKA run, 0 where there is no run (the knowledge job)")
     max_samples: int | None = Field(1000, ge=1, description="Cluster a seeded random subset of this many normals "
                                     "(phi on every image of a large set costs minutes on CPUs); None = all")
     shrinkage: Literal["ledoit_wolf", "oas"] = Field("ledoit_wolf", description="Per-cluster covariance estimator")
+    descriptions: Literal["auto", "dataset", "attributes"] = Field(
+        "auto", description="What a normal's description says: the dataset's own captions, or its class wording "
+        "with attributes measured on the image (size, brightness, thickness, aspect terciles within the class); "
+        "auto = the captions where they differ between normals, else attributes (a class template alone would "
+        "give K identical representatives)")
 
 
 @dataclass(frozen=True)
@@ -81,12 +88,21 @@ def select_representatives(
 
 def run_select(normals: ImageSet, cfg: SelectConfig) -> list[Representative]:
     """Embed the normals with phi (Ray Data) and pick the K representatives; an image's first description counts."""
+    seed = 0 if cfg.seed is None else cfg.seed  # None reaches here only outside a KKA run
     if cfg.max_samples is not None and len(normals) > cfg.max_samples:
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(seed)
         normals = normals.subset(np.sort(rng.choice(len(normals), cfg.max_samples, replace=False)))
     z = embed(normals.images, cfg.features)
-    descriptions = [d[0] for d in normals.descriptions]
-    return select_representatives(z, normals.ids, descriptions, cfg.k, cfg.seed, cfg.shrinkage)
+    return select_representatives(z, normals.ids, normal_descriptions(normals, cfg.descriptions), cfg.k, seed,
+                                  cfg.shrinkage)
+
+
+def normal_descriptions(normals: ImageSet, mode: str) -> list[str]:
+    """One description per normal (an image's first caption), with measured attributes where asked or needed."""
+    own = [d[0] for d in normals.descriptions]
+    if mode == "dataset" or (mode == "auto" and len(set(own)) > 1):
+        return own
+    return attribute_descriptions(normals.images, normals.labels, own)
 
 
 def representatives_table(reps: Sequence[Representative]) -> pa.Table:

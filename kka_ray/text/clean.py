@@ -183,7 +183,24 @@ def clean(
     encoder: SentenceEncoder | None = None,
     kept_keys: set[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Kept and rejected lines, both in input order; each is the row's provenance + "sentence" (+ "reason").
+    """Kept and rejected lines of `clean_lines`, both in input order; kept lines carry no "reason"."""
+    lines = clean_lines(raw_rows, normal_names, other_names, normal_descriptions, cfg, encoder, kept_keys)
+    kept, rejected = [line for line in lines if not line["reason"]], [line for line in lines if line["reason"]]
+    for line in kept:
+        del line["reason"]
+    return kept, rejected
+
+
+def clean_lines(
+    raw_rows: Iterable[Mapping[str, Any]],
+    normal_names: Sequence[str],
+    other_names: Sequence[str],
+    normal_descriptions: Sequence[str],
+    cfg: CleanConfig,
+    encoder: SentenceEncoder | None = None,
+    kept_keys: set[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every line in input order: the row's provenance + "sentence" + "reason" ("" when kept).
 
     Rules, first match wins: malformed (not a mapping, no row_id, text not a string), empty (no sentence, or one
     without a letter or digit), preamble (a list's introduction: ends with ":" or opens "Here are"), too_short,
@@ -210,8 +227,7 @@ def clean(
         too_similar = _similar_to_normal(candidates, normal_descriptions, cfg.similarity_threshold,
                                          encoder or SentenceEncoder())
 
-    kept: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     kept_keys = set() if kept_keys is None else kept_keys  # a caller's set carries duplicates across calls
     for provenance, sentence, reason in lines:
         if reason is None:
@@ -223,7 +239,26 @@ def clean(
                 reason = SIMILAR_TO_NORMAL
         if reason is None:
             kept_keys.add(line_key(sentence))
-            kept.append({**provenance, "sentence": sentence})
-        else:
-            rejected.append({**provenance, "sentence": sentence, "reason": reason})
-    return kept, rejected
+        out.append({**provenance, "sentence": sentence, "reason": reason or ""})
+    return out
+
+
+# Rules judged after the duplicate rule: a line they rejected, like a kept one, may be a later copy of a kept line.
+_AFTER_DUPLICATE = ("", RESTATES_NORMAL, SIMILAR_TO_NORMAL)
+
+
+def drop_later_copies(row_ids: Sequence[int], sentences: Sequence[str], reasons: Sequence[str]) -> list[str]:
+    """The reasons of lines given in generation order (row_id ascending, a row's lines in their order), with every
+    copy of a kept line from a later row made a duplicate.
+
+    A streaming cleaner judges rows in arrival order: a later copy may have been kept, or rejected by a rule after
+    the duplicate rule, before the row of the first copy arrived. If the cleaner held back only copies of lines
+    kept in earlier rows, the result of this pass is that of one `clean_lines` call on all rows in row_id order.
+    """
+    keys = [line_key(s) for s in sentences]
+    first_row: dict[str, int] = {}
+    for key, row, reason in zip(keys, row_ids, reasons, strict=True):
+        if reason == "":
+            first_row.setdefault(key, row)
+    return [DUPLICATE if reason in _AFTER_DUPLICATE and first_row.get(key, row) < row else reason
+            for key, row, reason in zip(keys, row_ids, reasons, strict=True)]
