@@ -11,17 +11,16 @@ setup:
 	bash scripts/setup.sh
 
 PRIOR := kka_ray/render/priors/general/model_index.json
-DEMO_RUN := runs/kka-demo
 
 # The offline text-to-image priors ship with the repository; this trains the demo's (the general one, which has
 # never seen Fashion-MNIST) only where it is missing.
 $(PRIOR):
 	$(PY) jobs/train_prior.py --config configs/prior/general.yaml
 
-# Main job on the embedded offline default: the KKA loop on Fashion-MNIST "shirt" (a fresh run each time).
+# Main job on the embedded offline default: the KKA loop on Fashion-MNIST "shirt"; a rerun resumes an
+# unfinished runs/kka-demo, or starts runs/kka-demo-2, -3, ... (never deletes a run).
 demo: setup $(PRIOR)
-	rm -rf $(DEMO_RUN)
-	$(PY) jobs/kka_loop.py --config configs/kka/demo.yaml
+	$(PY) jobs/kka_loop.py --config configs/kka/demo.yaml --continue
 
 test: setup
 	$(PY) -m ruff check kka_ray jobs tests

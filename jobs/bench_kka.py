@@ -13,9 +13,10 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     cfg = parse_config(LoopBenchConfig, args)
     m = run_loop_bench(cfg, invoked_command())
-    print(f"{cfg.name}: no anomalies {m['auroc_no_anomalies']:.1f}, KKA(0) {m['auroc_kka0']:.1f}, "
-          f"KKA(final) {m['auroc_kka_final']:.1f}; hard share {m['hard_share_iter0']:.3f} -> "
-          f"{m['hard_share_final']:.3f}")
+    T = int(m["iterations"])
+    print(f"{cfg.name}: no anomalies {m['auroc_no_anomalies']:.1f}, KKA(0) {m['auroc_kka_iter0']:.1f}, "
+          f"KKA({T}) {m[f'auroc_kka_iter{T}']:.1f} (KKA({T}) - KKA(0) {m['gain_final_vs_kka0']:+.1f}); hard share "
+          f"{m['hard_share_iter0']:.3f} -> {m[f'hard_share_iter{T}']:.3f}")
 
 
 if __name__ == "__main__":

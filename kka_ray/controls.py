@@ -183,6 +183,11 @@ def methods(cfg: ControlsConfig) -> list[str]:
 def write(cfg: ControlsConfig, df: pd.DataFrame, command: str) -> dict[str, float]:
     cols = methods(cfg)
     m, per_class = over_classes(df, cols, reference="no_anomalies", prefix="auroc_")
+    for other in ("noise", "prior_only"):  # what the language model adds over anomalies that need none
+        if other in cols:
+            vs = over_classes(df, [other, "kka0_general"], reference=other)[0]
+            m.update({k.replace("gain_kka0_general", f"kka0_general_minus_{other}"): v for k, v in vs.items()
+                      if k.startswith("gain_")})
     m["anomalies"] = float(df["anomalies"].mean())
     outs = [Path(cfg.run_dir) / cfg.name] + ([Path(cfg.results_dir)] if cfg.results_dir else [])
     page = markdown(cfg, df, per_class, m, command)
@@ -218,5 +223,9 @@ def markdown(cfg: ControlsConfig, df: pd.DataFrame, per_class: pd.DataFrame, m: 
         gain = (f"{m[f'gain_{c}']:+.1f}" + (f" ± {m[f'gain_{c}_ci95']:.1f}" if f"gain_{c}_ci95" in m else "")
                 if f"gain_{c}" in m else "")
         lines.append(f"| {LABELS[c]} | {m[f'auroc_{c}']:.1f}{ci} | {gain} |")
-    lines += ["", f"![AUROC gain per class and mean]({cfg.name}.png)", ""]
+    lines += ["", "KKA(0) with the general prior against the controls that need no language model, paired by class: "
+              + "; ".join(f"minus {LABELS[o]} {m[f'kka0_general_minus_{o}']:+.1f}"
+                          + (f" ± {m[f'kka0_general_minus_{o}_ci95']:.1f}" if f"kka0_general_minus_{o}_ci95" in m
+                             else "") for o in ("noise", "prior_only") if f"kka0_general_minus_{o}" in m) + ".",
+              "", f"![AUROC gain per class and mean]({cfg.name}.png)", ""]
     return "\n".join(lines)

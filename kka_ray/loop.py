@@ -9,6 +9,7 @@ iteration, metrics and a grid. `resume` continues after the last completed itera
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from kka_ray.config import (
     RayConfig,
     Strict,
     apply_overrides,
+    config_diff,
     describe_errors,
 )
 from kka_ray.data import build_dataset, make_task
@@ -50,7 +52,7 @@ from kka_ray.stages.prefer import PreferConfig, adapter_files, build_pairs, mark
 from kka_ray.stages.render import anomaly_stream, collect
 from kka_ray.stages.select import Representative, SelectConfig, representatives_table, run_select
 from kka_ray.stages.update import UpdateConfig, origin_counts, update_anomalies
-from kka_ray.store import RunStore
+from kka_ray.store import RunLocked, RunStore
 
 STATE = "state.json"
 BASELINE_JUDGE = "baseline/evaluator"  # theta_C without anomalies, the judge of N_0
@@ -115,20 +117,46 @@ def load_run_config(run: str, overrides: list[str]) -> KKAConfig:
         raise ConfigError(describe_errors(e, f"{run}/config.yaml")) from None
 
 
-def open_run(cfg: KKAConfig, resume: bool) -> LoopState:
+def continue_or_next(cfg: KKAConfig) -> tuple[KKAConfig, bool]:
+    """Where a rerun of the same command goes, never deleting a run: the first of <name>, <name>-2, ... that is
+    empty (a new run) or holds an unfinished run of this very config (resumed)."""
+    k = 1
+    while True:
+        named = cfg.model_copy(update={"name": cfg.name if k == 1 else f"{cfg.name}-{k}"})
+        location = f"{cfg.run_dir.rstrip('/')}/{named.name}"
+        store = RunStore(location)
+        if not store.exists(STATE):
+            return named, False
+        unfinished = store.read_state(STATE)["completed"] < cfg.update.iterations
+        same = not config_diff(run_seeded(load_run_config(location, [])).model_dump(mode="json"),
+                               run_seeded(named).model_dump(mode="json"), ignore=("ray.", "train_storage"))
+        if unfinished and same:
+            return named, True
+        k += 1
+
+
+def open_run(cfg: KKAConfig, resume: bool, take_over: bool = False) -> LoopState:
     store = RunStore(f"{cfg.run_dir.rstrip('/')}/{cfg.name}")
     if store.exists(STATE) and not resume:
         raise ConfigError(f"{store.location} already holds a run; continue it with --resume {store.location} "
                           "or choose another `name`")
-    state = LoopState(store)
-    if resume and store.exists(STATE):
-        saved = store.read_json(STATE)
-        state.completed, state.rows, state.baseline = saved["completed"], saved["rows"], saved["baseline"]
-        last = state.completed
-        if last < cfg.update.iterations and "next_adapter" not in state.rows[-1]:
-            raise ConfigError(f"{store.location}: iteration {last} was the last one (no DPO adapter after it), so "
-                              "the run cannot go further; start a new run with more update.iterations")
-    store.write_text("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    try:
+        store.lock(take_over)
+    except RunLocked as e:
+        raise ConfigError(str(e)) from None
+    try:
+        state = LoopState(store)
+        if resume and store.exists(STATE):
+            saved = store.read_state(STATE)
+            state.completed, state.rows, state.baseline = saved["completed"], saved["rows"], saved["baseline"]
+            last = state.completed
+            if last < cfg.update.iterations and "next_adapter" not in state.rows[-1]:
+                raise ConfigError(f"{store.location}: iteration {last} was the last one (no DPO adapter after it), "
+                                  "so the run cannot go further; start a new run with more update.iterations")
+        store.write_text("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    except BaseException:
+        store.unlock()
+        raise
     return state
 
 
@@ -177,17 +205,27 @@ def load_task(cfg: KKAConfig):
     return make_task(dataset, cfg.dataset.name, cfg.normal_classes, seed=cfg.seed, val_fraction=cfg.val_fraction)
 
 
-def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None) -> LoopState:
+def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None,
+             take_over: bool = False) -> LoopState:
     """Run (or, with `resume`, continue) the loop; `stop_after` ends it after that iteration's checkpoint, for
-    time-limited job slots (continue with resume)."""
+    time-limited job slots (continue with resume); `take_over` takes the folder's lock from a driver that is
+    gone."""
     from kka_ray.runtime import init_ray
 
     resolve_render(cfg.render, cfg.dataset.name)  # a prior that has seen the dataset is refused before any work
-    state = open_run(cfg, resume)  # config.yaml as given
-    cfg = run_seeded(cfg)
-    store, T = state.store, cfg.update.iterations
-    init_ray(cfg.ray)
+    state = open_run(cfg, resume, take_over)  # config.yaml as given; the folder locked to this driver
     workdir = Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
+    try:
+        init_ray(cfg.ray)
+        return _run(run_seeded(cfg), state, workdir, stop_after)
+    finally:
+        state.store.unlock()
+        if cfg.train_storage is None:  # Ray Train's checkpoints: what the run keeps is in its folder by now
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(cfg: KKAConfig, state: LoopState, workdir: Path, stop_after: int | None) -> LoopState:
+    store, T = state.store, cfg.update.iterations
     task = load_task(cfg)
     size, _, channels = task.train_normal.shape
     _say(f"task {task.name}: {len(task.train_normal)} train normals, {len(task.val_normal)} validation normals, "
@@ -251,7 +289,7 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
         previous = with_split(previous, again, t)
         _say(f"iter {t} re-judged A_{t - 1}: hard {again.hard_count}, easy {again.easy_count}")
     with _timed(costs, "update", len(new)):
-        anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode)
+        anomalies = new if previous is None else update_anomalies(previous, new, cfg.update.mode, cfg.seed + t)
     _say(f"iter {t} update ({cfg.update.mode}): |A_{t}| = {len(anomalies)}, by origin iteration "
          f"{origin_counts(anomalies)}")
     pretraining = cfg.reuse_pretrained and cfg.evaluator.pretrain and cfg.evaluator.ae_epochs > 0
@@ -282,8 +320,8 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
            "images_per_s": rendered.stats.get("images_per_s", 0.0)}
     if t < T:
         with _timed(costs, "dpo", 0):
-            row.update(prefer(cfg, state, new, gen, lm, ctx.domain, t, adapter, workdir))
-        costs["dpo_rows_per_s"] = row["pairs_trained"] / costs["dpo_seconds"] if row["pairs"] else 0.0
+            row.update(prefer(cfg, state, new, rendered.rejects, gen, lm, ctx.domain, t, adapter, workdir))
+        costs["dpo_rows_per_s"] = row["pairs_trained"] / costs["dpo_seconds"] if row["pairs_trained"] else 0.0
         costs["peak_rss_mb_dpo"] = row.pop("dpo_peak_rss_mb", np.nan)
     costs["peak_rss_mb_driver"] = peak_rss_mb()
     row.update(costs)
@@ -301,27 +339,35 @@ def _timed(costs: dict, stage: str, rows: int):
     costs[f"{stage}_rows_per_s"] = rows / seconds if seconds > 0 else 0.0
 
 
-def prefer(cfg: KKAConfig, state: LoopState, anomalies: pa.Table, gen: GenerateConfig, lm, domain: str, t: int,
-           adapter: str, workdir: Path) -> dict:
-    """Eq. 7: DPO on pairs of this iteration's judged new anomalies (what the current model wrote). With no pair
-    (no hard or no easy one) the model stays as it is."""
-    pairs = mark_trained(build_pairs(anomalies, gen, domain, cfg.prefer, seed=cfg.seed + t), cfg.prefer, cfg.seed + t)
+def prefer(cfg: KKAConfig, state: LoopState, judged: pa.Table, rejects: pa.Table, gen: GenerateConfig, lm,
+           domain: str, t: int, adapter: str, workdir: Path) -> dict:
+    """Eq. 7: DPO on pairs of this iteration's completions (what the current model wrote), scored by their
+    judged and rejected lines; held-out pairs measure the round. With no training pair the model stays."""
+    pairs = mark_trained(build_pairs(judged, rejects, gen, domain, cfg.prefer, seed=cfg.seed + t), cfg.prefer,
+                         cfg.seed + t)
     state.store.write_table(f"iter_{t}/pairs.parquet", pairs)
-    if len(pairs) == 0:
-        _say(f"iter {t} prefer (DPO): no preference pair this iteration; the next one keeps the current model")
-        return {"pairs": 0, "pairs_trained": 0, "next_adapter": adapter}
+    trained = int(pc.sum(pairs.column("trained")).as_py() or 0)
+    heldout = int(pc.sum(pairs.column("heldout")).as_py() or 0)
+    if trained == 0:
+        _say(f"iter {t} prefer (DPO): no preference pair to train on; the next iteration keeps the current model")
+        return {"pairs": len(pairs), "pairs_trained": 0, "pairs_heldout": heldout, "next_adapter": adapter}
     checkpoint, dpo = run_dpo(pairs, lm, cfg.prefer, seed=cfg.seed + t, workdir=workdir)
     with checkpoint.as_directory() as d:
         state.store.put_dir(adapter_files(Path(d)), f"iter_{t}/adapter")
-    out = {"pairs": len(pairs), "pairs_trained": int(pc.sum(pairs.column("trained")).as_py()),
+    out = {"pairs": len(pairs), "pairs_trained": trained, "pairs_heldout": heldout,
            "next_adapter": f"iter_{t}/adapter",
            "dpo_loss": dpo.get("round_loss", np.nan),  # means over the round's steps (prefer.round_means)
            "dpo_reward_accuracy": dpo.get("round_reward_accuracy", np.nan),
            "dpo_reward_margin": dpo.get("round_reward_margin", np.nan),
+           # the held-out pairs after the round (NaN without any): does the preference generalise?
+           "dpo_heldout_loss": dpo.get("heldout_loss", np.nan),
+           "dpo_heldout_reward_margin": dpo.get("heldout_reward_margin", np.nan),
+           "dpo_heldout_reward_accuracy": dpo.get("heldout_reward_accuracy", np.nan),
            "dpo_step_seconds": dpo.get("step_seconds", np.nan), "dpo_setup_seconds": dpo.get("setup_seconds", np.nan),
            "dpo_bf16": bool(dpo.get("bf16", False)), "dpo_peak_rss_mb": dpo.get("peak_rss_mb", np.nan)}
-    _say(f"iter {t} prefer (DPO): {len(pairs)} pairs, loss {out['dpo_loss']:.4f}, reward accuracy "
-         f"{out['dpo_reward_accuracy']:.2f} -> adapter iter_{t}/adapter")
+    _say(f"iter {t} prefer (DPO): {trained} pairs trained, loss {out['dpo_loss']:.4f}, reward margin "
+         f"{out['dpo_reward_margin']:.3f}; {heldout} held out, margin {out['dpo_heldout_reward_margin']:.3f} "
+         f"-> adapter iter_{t}/adapter")
     return out
 
 
@@ -343,9 +389,12 @@ def save_iteration(state: LoopState, t: int, anomalies: pa.Table, new: pa.Table,
     store.write_json(f"iter_{t}/metrics.json", row)
     new_first = anomalies.take(pa.array(np.argsort(-np.asarray(anomalies.column("iteration")), kind="stable")))
     store.write_bytes(f"iter_{t}/grid.png", anomaly_grid(new_first, cfg.grid_size, f"A_{t}: newest first"))
+    hard_new = new.filter(new.column("hard"))  # the paper's Figure 3: what the model wrote that theta_C confused
+    store.write_bytes(f"iter_{t}/hard_grid.png", anomaly_grid(hard_new, cfg.grid_size,
+                                                              f"N_{t}: {len(hard_new)} hard of {len(new)}"))
     state.rows = [r for r in state.rows if r["iteration"] < t] + [row]
     state.completed = t
-    store.write_json(STATE, {"completed": t, "rows": state.rows, "baseline": state.baseline})
+    store.write_state(STATE, {"completed": t, "rows": state.rows, "baseline": state.baseline})
 
 
 COST_STAGES = ("select", "generate", "clean", "render", "split", "update", "evaluate", "test", "dpo")

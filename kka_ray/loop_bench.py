@@ -80,7 +80,7 @@ def run_one(run: KKAConfig, fixed_judge: bool = False) -> dict:
     store = RunStore(location)
     if store.exists("config.yaml"):
         check_same_run(location, run)
-    saved = store.read_json(STATE) if store.exists(STATE) else None
+    saved = store.read_state(STATE) if store.exists(STATE) else None
     if saved and saved["completed"] == run.update.iterations:
         out = {"rows": saved["rows"], "baseline": saved["baseline"]}
     else:
@@ -116,7 +116,9 @@ def fixed_judge_shares(run: KKAConfig) -> dict[str, float | None]:
     return shares
 
 
-DPO = ("dpo_loss", "dpo_reward_margin")  # how far each DPO round moved the model (loss 0.693 = not at all)
+# How far each DPO round moved the model on its training pairs (loss 0.693 = not at all), and whether that
+# preference holds on its held-out pairs (margin > 0).
+DPO = ("dpo_loss", "dpo_reward_margin", "dpo_heldout_reward_margin")
 
 
 def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
@@ -124,10 +126,13 @@ def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
     for (cls, seed), res in results.items():
         row = {"class": str(cls), "seed": seed, "auroc_no_anomalies": res["baseline"]["auroc"]}
         for r in res["rows"]:
-            row[f"auroc_kka{r['iteration']}"] = r["auroc"]
-            row[f"hard_share_iter{r['iteration']}"] = r["hard_share"]
+            t = r["iteration"]
+            row[f"auroc_kka{t}"] = r["auroc"]
+            row[f"hard_share_iter{t}"] = r["hard_share"]
+            if "rejected" in r and "new" in r:  # share of the model's lines the cleaner threw away
+                row[f"rejected_share_iter{t}"] = r["rejected"] / max(1, r["rejected"] + r["new"])
             if "pairs" in r:  # a DPO round (t < T); its figures are absent where it had no pair
-                row.update({f"{k}_iter{r['iteration']}": r.get(k, np.nan) for k in DPO})
+                row.update({f"{k}_iter{t}": r.get(k, np.nan) for k in DPO})
         for t, share in res.get("fixed", {}).items():
             row[f"fixed_hard_share_iter{t}"] = np.nan if share is None else share
         rows.append(row)
@@ -139,36 +144,37 @@ def _over_classes(df: pd.DataFrame, names: dict[str, str], **kwargs) -> tuple[di
     return over_classes(df.assign(**{n: df[c] for n, c in names.items()}), list(names), **kwargs)
 
 
-def _by_iteration(name: str, column: str, final: str, T: int) -> dict[str, str]:
-    """The record's names of iterations 0 .. T-1 (name.format(t); iteration 0 also when T = 0) and of iteration
-    T (`final`) -> their table columns."""
-    return {name.format(t): column.format(t) for t in range(max(T, 1))} | {final: column.format(T)}
-
-
 def summarise(cfg: LoopBenchConfig, df: pd.DataFrame) -> dict[str, float]:
     """Per-class means over seeds first, then means and 95% intervals over classes (seeds of a class are not
-    independent tasks); KKA's gains over SAD without anomalies are paired by class. The DPO and fixed-judge
-    figures are diagnostics: means over the runs that have them."""
+    independent tasks); gains are paired by class: KKA(t) over SAD without anomalies, and KKA(T) over KKA(0).
+    The DPO figures are means over the runs whose round had pairs."""
     T = base_loop(cfg).update.iterations
-    aurocs = {"no_anomalies": "auroc_no_anomalies"} | _by_iteration("kka{}", "auroc_kka{}", "kka_final", T)
+    its = range(T + 1)
+    aurocs = {"no_anomalies": "auroc_no_anomalies"} | {f"kka_iter{t}": f"auroc_kka{t}" for t in its}
     m, per_class = _over_classes(df, aurocs, reference="no_anomalies", prefix="auroc_")
     m["iterations"] = T
-    m.update(_over_classes(df, _by_iteration("iter{}", "hard_share_iter{}", "final", T), prefix="hard_share_")[0])
+    final = _over_classes(df, {"kka0": "auroc_kka0", "final_vs_kka0": f"auroc_kka{T}"}, reference="kka0")[0]
+    m.update({k: v for k, v in final.items() if k.startswith("gain_final_vs_kka0")})
+    m.update(_over_classes(df, {f"iter{t}": f"hard_share_iter{t}" for t in its}, prefix="hard_share_")[0])
+    if f"rejected_share_iter{T}" in df:
+        m.update(_over_classes(df, {f"iter{t}": f"rejected_share_iter{t}" for t in its},
+                               prefix="rejected_share_")[0])
     for t in range(T):  # over the runs whose round t had pairs
         had_pairs = df[f"dpo_loss_iter{t}"].notna()
         m[f"dpo_rounds_iter{t}"] = int(had_pairs.sum())
-        if had_pairs.any():
-            m.update({f"{k}_iter{t}": float(df[f"{k}_iter{t}"].mean()) for k in DPO})
-    fixed = _by_iteration("fixed_iter{}", "fixed_hard_share_iter{}", "fixed_final", T)
-    kept = df.dropna(subset=list(set(fixed.values()))) if "fixed_hard_share_iter0" in df else df.iloc[:0]
-    if len(kept):  # same keys as the loop's own share, under hard_share_fixed_
+        m.update({f"{k}_iter{t}": float(df[f"{k}_iter{t}"].mean()) for k in DPO if df[f"{k}_iter{t}"].notna().any()})
+        if f"dpo_heldout_reward_margin_iter{t}" in m:  # the record's name for it
+            m[f"dpo_margin_heldout_iter{t}"] = m.pop(f"dpo_heldout_reward_margin_iter{t}")
+    fixed = {f"fixed_iter{t}": f"fixed_hard_share_iter{t}" for t in its}
+    kept = df.dropna(subset=list(fixed.values())) if set(fixed.values()) <= set(df) else df.iloc[:0]
+    if len(kept):  # under hard_share_fixed_iter<t>
         shares, _ = _over_classes(kept, fixed, prefix="hard_share_")
         m["fixed_judge_runs"] = shares["runs"]
         m.update({k: v for k, v in shares.items() if k.startswith("hard_share_fixed_")})
     for cls, row in per_class.iterrows():
         k = metric_key(cls)
         m[f"auroc_no_anomalies_{k}"] = float(row["no_anomalies"])
-        m[f"auroc_kka_final_{k}"] = float(row["kka_final"])
+        m[f"auroc_kka_iter{T}_{k}"] = float(row[f"kka_iter{T}"])
     if cfg.demo_summary and Path(cfg.demo_summary).is_file():
         m["demo_minutes"] = float(json.loads(Path(cfg.demo_summary).read_text())["wall_minutes"])
     return m
@@ -214,27 +220,35 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
                                          [f"**{mean[c]:.3f}**" for c in shares]) + " |",
              "", "Every run:", "", "| run | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
              *rows(df.set_index(df["class"].astype(str) + " seed " + df["seed"].astype(str)))]
-    lines += ["", f"KKA({T}) - no anomalies: {m['gain_kka_final']:+.1f}{_ci(m, 'gain_kka_final')} points (goal: +5); "
-              f"KKA(0) - no anomalies: {m['gain_kka0']:+.1f}{_ci(m, 'gain_kka0')}; KKA({T}) - KKA(0): "
-              f"{m['auroc_kka_final'] - m['auroc_kka0']:+.1f}; hard share {m['hard_share_iter0']:.3f} -> "
-              f"{m['hard_share_final']:.3f}. ± = half-width of the 95% t-interval over the {m['classes']:.0f} "
-              "classes (each class's seeds averaged first; a gain is paired by class).",
+    lines += ["", f"KKA({T}) - no anomalies: {m[f'gain_kka_iter{T}']:+.1f}{_ci(m, f'gain_kka_iter{T}')} points; "
+              f"KKA(0) - no anomalies: {m['gain_kka_iter0']:+.1f}{_ci(m, 'gain_kka_iter0')}; KKA({T}) - KKA(0): "
+              f"{m['gain_final_vs_kka0']:+.1f}{_ci(m, 'gain_final_vs_kka0')}; hard share "
+              f"{m['hard_share_iter0']:.3f} -> {m[f'hard_share_iter{T}']:.3f}"
+              + (f"; lines rejected by the cleaner {m['rejected_share_iter0']:.3f} -> "
+                 f"{m[f'rejected_share_iter{T}']:.3f}" if "rejected_share_iter0" in m else "")
+              + f". ± = half-width of the 95% t-interval over the {m['classes']:.0f} classes (each class's seeds "
+              "averaged first; a gain is paired by class).",
               *fixed_line(m, T), *dpo_line(m, T), "", f"![AUROC and hard share per iteration]({cfg.name}.png)", ""]
     return "\n".join(lines)
 
 
 def dpo_line(m: dict[str, float], T: int) -> list[str]:
+    def held(t: int) -> str:
+        key = f"dpo_margin_heldout_iter{t}"
+        return f", held-out margin {m[key]:.3f}" if key in m else ""
+
     rounds = "; ".join(f"round {t} ({m[f'dpo_rounds_iter{t}']:.0f} runs): loss {m[f'dpo_loss_iter{t}']:.3f}, reward "
-                       f"margin {m[f'dpo_reward_margin_iter{t}']:.3f}" for t in range(T) if m[f"dpo_rounds_iter{t}"])
-    return ["", f"DPO, mean over the runs whose round had pairs: {rounds or 'no round had pairs'}. A loss of "
-            "ln 2 = 0.693 and a margin of 0 mean the round did not move the model."]
+                       f"margin {m[f'dpo_reward_margin_iter{t}']:.3f}{held(t)}" for t in range(T)
+                       if m[f"dpo_rounds_iter{t}"])
+    return ["", f"DPO, mean over the runs whose round had pairs (training figures: means over the round's steps; "
+            f"held-out: pairs never trained): {rounds or 'no round had pairs'}. A loss of ln 2 = 0.693 and a margin "
+            "of 0 mean the round did not move the model."]
 
 
 def fixed_line(m: dict[str, float], T: int) -> list[str]:
     if not m.get("fixed_judge_runs"):
         return []
-    shares = " -> ".join(f"{m[f'hard_share_fixed_iter{t}']:.3f}" for t in range(T)) + \
-        f" -> {m['hard_share_fixed_final']:.3f}"
+    shares = " -> ".join(f"{m[f'hard_share_fixed_iter{t}']:.3f}" for t in range(T + 1))
     return ["", f"Hard share of N_0 .. N_{T} under one fixed judge (theta_C without anomalies, the judge of "
             f"N_0; {m['fixed_judge_runs']:.0f} runs that kept every N_t): {shares}. Unlike the hard "
             "share above, the judge does not change, so this follows the language model alone."]

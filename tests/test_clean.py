@@ -180,7 +180,7 @@ def test_malformed_rows_never_raise():
     rows = [{"row_id": 0, "text": None}, {"row_id": 1, "text": 42}, {"row_id": 2}, {"text": "a photo of a hat"},
             "a photo of a hat", None, {"row_id": 3, "text": "a photo of a wool hat"}]
     kept, rejected = clean(rows, ["shirt"], ["coat"], ["a photo of a shirt"], NO_SIM)
-    assert kept == [{"row_id": 3, "sentence": "a photo of a wool hat"}]
+    assert kept == [{"row_id": 3, "line": 0, "sentence": "a photo of a wool hat"}]
     assert [r["reason"] for r in rejected] == ["malformed"] * 6
     assert [r.get("row_id") for r in rejected] == [0, 1, 2, None, None, None]
 

@@ -163,6 +163,7 @@ def test_controls_noise_and_record(tmp_path):
     assert m["classes"] == 3 and m["seeds"] == 2
     assert m["gain_oracle"] == pytest.approx(25.0) and m["gain_oracle_ci95"] == pytest.approx(0.0)
     assert m["auroc_no_anomalies"] == pytest.approx(71.5)
+    assert m["kka0_general_minus_noise"] == pytest.approx(10.0) and m["kka0_general_minus_prior_only"] == 5.0
     record = json.loads((tmp_path / "docs" / "kka-controls-fmnist.json").read_text())
     assert set(record["metrics"]) >= {f"auroc_{m}" for m in METHODS} | {"gain_noise_ci95", "gain_kka0_general"}
     assert (tmp_path / "docs" / "kka-controls-fmnist.png").is_file()

@@ -72,7 +72,7 @@ def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
         assert row["next_adapter"] == adapter
     assert adapter, "no DPO round ran in the tiny loop: retune tiny_config's split.quantile so one does"
     for f in ("config.yaml", "representatives.parquet", "report.md", "auroc.png", "iter_0/grid.png",
-              "baseline/evaluator/deepsad.pt"):
+              "iter_0/hard_grid.png", "baseline/evaluator/deepsad.pt"):
         assert state.store.exists(f), f
     assert "SAD + KKA(2)" in state.store.read_text("report.md")
 
@@ -137,8 +137,11 @@ def test_rejudge_lets_the_new_anomalies_replace_the_set(tiny_run, tmp_path):
     a = pq.read_table(run / "iter_1" / "anomalies.parquet")
     assert len(a) == out.rows[0]["anomalies"] and set(a.column("judged_iteration").to_pylist()) == {1}
     old = a.filter(pc.equal(a.column("iteration"), 0))
-    # rep: every easy old one goes while new ones last; so either only hard old ones stay, or all new ones came in
-    assert all(old.column("hard").to_pylist()) or len(a) - len(old) == out.rows[1]["new"]
+    # rep: easy old ones go while new hard ones last; so either only hard old ones stay, or every new hard one
+    # came in (and no new easy one)
+    new = a.filter(pc.equal(a.column("iteration"), 1))
+    assert all(new.column("hard").to_pylist())
+    assert all(old.column("hard").to_pylist()) or len(new) == out.rows[1]["hard"]
     tree = yaml.safe_load((run / "config.yaml").read_text())
     with pytest.raises(ValueError, match="rep"):
         KKAConfig.model_validate({**tree, "update": {"mode": "add", "rejudge": True}})
@@ -215,3 +218,39 @@ def test_controls_on_the_tiny_run(tiny_run, tmp_path, monkeypatch):
         a0.column("sentence").to_pylist()
     with pytest.raises(ConfigError, match="prefer.steps"):
         run_controls(run.model_copy(update={"prefer": run.prefer.model_copy(update={"steps": 9})}), ctl, tmp_path)
+
+
+def test_boundary_bench_hard_shares_rise_with_the_quantile(tiny_run, tmp_path):
+    """The boundary benchmark rejudges N_0 with the saved theta_C without anomalies: at q = 1 it is the loop's
+    own verdict (the tiny run's split quantile is 0.93: it is between), and the share rises with q."""
+    from kka_ray.boundary_bench import run_boundary_bench
+
+    cfg, state = tiny_run
+    m = run_boundary_bench([state.store.location], "boundary", tmp_path, "cmd")
+    shares = [m[f"hard_share_q{q}"] for q in (50, 75, 90, 95, 99, 100)]
+    assert shares == sorted(shares) and 0 <= shares[0] and shares[-1] <= 1
+    assert m["hard_share_q90"] <= state.rows[0]["hard_share"] <= m["hard_share_q95"]
+    assert json.loads((tmp_path / "boundary.json").read_text())["metrics"]["classes"] == 1
+
+
+def test_fig4_sets_from_the_tiny_run(tiny_run, tmp_path):
+    """Fig. 4's sets from a finished run: hard-only, easy-only and random of one size from N_0 .. N_T with the
+    loop's verdicts; k x |N_0| initial anomalies from one more generation at t = 0; the record over classes."""
+    import pandas as pd
+
+    from kka_ray.fig4 import Fig4Config, generated_sets, initial_sets, write
+    from kka_ray.loop import load_task, run_seeded
+
+    cfg, state = tiny_run
+    sets = generated_sets(state.store, 2, seed=0)
+    n0 = len(state.store.read_table("iter_0/generated.parquet"))
+    assert len({len(t) for t in sets.values()}) == 1 and 0 < len(sets["random"]) <= n0
+    assert all(sets["hard_only"].column("hard").to_pylist()) and not any(sets["easy_only"].column("hard").to_pylist())
+    initial = initial_sets(run_seeded(cfg), state.store, load_task(cfg), [2])
+    extra = initial["initial_2x"]
+    assert 0 < len(extra) <= 2 * n0 and set(extra.column("iteration").to_pylist()) == {0}
+    rows = [{"class": c, "seed": 0, "hard_only": 80 + k, "easy_only": 78 + k, "random": 79 + k, "initial_2x": 78.5 + k,
+             "initial_4x": 79 + k} for k, c in enumerate(("a", "b"))]
+    m = write(Fig4Config(results_dir=str(tmp_path)), pd.DataFrame(rows), "cmd")
+    assert m["gain_hard_only"] == pytest.approx(2) and m["auroc_initial_4x"] == pytest.approx(79.5)
+    assert (tmp_path / "kka-fig4-fmnist.png").is_file()

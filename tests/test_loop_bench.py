@@ -15,14 +15,14 @@ T1 = 12.706204736174707  # Student t, 97.5% quantile, 1 degree of freedom (2 cla
 
 
 def result(base, aurocs, shares, fixed=None, dpo=()):
-    """dpo: (loss, margin) of each round that had pairs, None for one that had none."""
-    rows = [{"iteration": t, "auroc": a, "hard_share": s, "hard_in_set": 100 * s}
+    """dpo: (loss, margin, held-out margin) of each round that had pairs, None for one that had none."""
+    rows = [{"iteration": t, "auroc": a, "hard_share": s, "hard_in_set": 100 * s, "new": 30, "rejected": 10 + 10 * t}
             for t, (a, s) in enumerate(zip(aurocs, shares, strict=True))]
     for row in rows[:-1]:  # as the loop writes them: every round t < T says how many pairs it had
         row["pairs"] = 0
     for row, d in zip(rows, dpo, strict=False):
         if d is not None:
-            row.update(pairs=8, dpo_loss=d[0], dpo_reward_margin=d[1])
+            row.update(pairs=8, dpo_loss=d[0], dpo_reward_margin=d[1], dpo_heldout_reward_margin=d[2])
     return {"baseline": {"auroc": base}, "rows": rows, **({"fixed": fixed} if fixed else {})}
 
 
@@ -42,16 +42,18 @@ def test_summary_means_and_keys(cfg):
     df = table(cfg, results)
     m = summarise(cfg, df)
     assert (m["runs"], m["classes"], m["seeds"]) == (4, 2, 2)
-    assert m["auroc_no_anomalies"] == 76 and m["auroc_kka0"] == 77
-    assert m["auroc_kka_final"] == 80 and m["auroc_kka1"] == 78.5
-    assert m["hard_share_iter0"] == pytest.approx(0.1) and m["hard_share_final"] == pytest.approx(0.3)
+    assert m["auroc_no_anomalies"] == 76 and m["auroc_kka_iter0"] == 77
+    assert m["auroc_kka_iter2"] == 80 and m["auroc_kka_iter1"] == 78.5
+    assert m["hard_share_iter0"] == pytest.approx(0.1) and m["hard_share_iter2"] == pytest.approx(0.3)
     assert not any("hard_in_set" in k for k in m) and "hard_in_set_iter0" not in df
-    assert m["auroc_kka_final_t_shirt"] == 83 and m["auroc_no_anomalies_shirt"] == 71
+    assert m["auroc_kka_iter2_t_shirt"] == 83 and m["auroc_no_anomalies_shirt"] == 71
     # 95% intervals over the 2 classes (class means 77 and 83), not over the 4 runs
-    assert m["demo_minutes"] == 14.5 and m["auroc_kka_final_ci95"] == pytest.approx(T1 * 3)
-    # gains paired by class: KKA(2) - no anomalies = 6 (shirt) and 2 (t-shirt)
-    assert m["gain_kka_final"] == pytest.approx(4) and m["gain_kka_final_ci95"] == pytest.approx(T1 * 2)
-    assert m["gain_kka0"] == pytest.approx(1) and m["gain_kka0_ci95"] == pytest.approx(T1 * 1)
+    assert m["demo_minutes"] == 14.5 and m["auroc_kka_iter2_ci95"] == pytest.approx(T1 * 3)
+    # gains paired by class: KKA(2) - no anomalies = 6 (shirt) and 2 (t-shirt); KKA(2) - KKA(0) = 4 and 2
+    assert m["gain_kka_iter2"] == pytest.approx(4) and m["gain_kka_iter2_ci95"] == pytest.approx(T1 * 2)
+    assert m["gain_kka_iter0"] == pytest.approx(1) and m["gain_kka_iter0_ci95"] == pytest.approx(T1 * 1)
+    assert m["gain_final_vs_kka0"] == pytest.approx(3) and m["gain_final_vs_kka0_ci95"] == pytest.approx(T1 * 1)
+    assert m["rejected_share_iter0"] == pytest.approx(0.25) and m["rejected_share_iter2"] == pytest.approx(0.5)
     page = markdown(cfg, df, m, "python jobs/bench_kka.py")
     assert "4 of 4 runs" in page and "hard anomalies in A_t" not in page
     assert "| shirt | 71.0 | 73.0 | 75.0 | 77.0 |" in page and "+4.0 ± 25.4 points" in page
@@ -70,7 +72,7 @@ def test_seeds_are_averaged_within_a_class_first(cfg):
     df = table(cfg, results)
     m = summarise(cfg, df)
     # classes 71 and 80 (the mean over the 3 runs would be 74); KKA(2): 77 and 82
-    assert m["auroc_no_anomalies"] == pytest.approx(75.5) and m["auroc_kka_final"] == pytest.approx(79.5)
+    assert m["auroc_no_anomalies"] == pytest.approx(75.5) and m["auroc_kka_iter2"] == pytest.approx(79.5)
     assert (m["runs"], m["classes"], m["seeds"]) == (3, 2, 2)
     assert "| **mean** | **75.5** |" in markdown(cfg, df, m, "cmd")
 
@@ -91,15 +93,17 @@ def test_a_run_folder_made_with_another_config_is_refused(cfg):
 
 
 def test_dpo_means_cover_the_rounds_that_had_pairs(cfg):
-    results = {("shirt", 0): result(70, [72, 74, 76], [0.9, 0.2, 0.3], dpo=[(0.6, 0.2), (0.68, 0.02)]),
-               ("shirt", 1): result(72, [74, 76, 78], [1.0, 0.3, 0.5], dpo=[None, (0.66, 0.04)])}
+    results = {("shirt", 0): result(70, [72, 74, 76], [0.9, 0.2, 0.3], dpo=[(0.6, 0.2, 0.1), (0.68, 0.02, -0.01)]),
+               ("shirt", 1): result(72, [74, 76, 78], [1.0, 0.3, 0.5], dpo=[None, (0.66, 0.04, 0.03)])}
     cfg = cfg.model_copy(update={"loop_overrides": ["prefer.steps=64"]})
     df = table(cfg, results)
     m = summarise(cfg, df)
     assert m["dpo_rounds_iter0"] == 1 and m["dpo_loss_iter0"] == pytest.approx(0.6)
     assert m["dpo_rounds_iter1"] == 2 and m["dpo_reward_margin_iter1"] == pytest.approx(0.03)
+    assert m["dpo_margin_heldout_iter0"] == pytest.approx(0.1) and m["dpo_margin_heldout_iter1"] == pytest.approx(0.01)
     page = markdown(cfg, df, m, "cmd")
-    assert "round 0 (1 runs): loss 0.600, reward margin 0.200; round 1 (2 runs): loss 0.670" in page
+    assert "round 0 (1 runs): loss 0.600, reward margin 0.200, held-out margin 0.100; round 1 (2 runs): loss " \
+           "0.670" in page
     assert "`configs/kka/demo.yaml` with `prefer.steps=64`" in page
 
 
@@ -110,7 +114,7 @@ def test_fixed_judge_means_cover_runs_that_kept_every_iteration(cfg):
     df = table(cfg, results)
     m = summarise(cfg, df)
     assert m["fixed_judge_runs"] == 2 and m["hard_share_fixed_iter0"] == pytest.approx(0.85)
-    assert m["hard_share_fixed_iter1"] == pytest.approx(0.6) and m["hard_share_fixed_final"] == pytest.approx(0.8)
+    assert m["hard_share_fixed_iter1"] == pytest.approx(0.6) and m["hard_share_fixed_iter2"] == pytest.approx(0.8)
     assert "0.850 -> 0.600 -> 0.800" in markdown(cfg, df, m, "cmd")
     write(cfg, results, "cmd")  # a run without a value gives null in the record (strict JSON)
     runs = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text(),

@@ -13,9 +13,10 @@ from kka_ray.stages.prefer import PreferConfig, adapter_files, run_dpo
 PROMPT = [{"role": "user", "content": "describe clothing"}]
 
 
-def pairs(n=4):
+def pairs(n=4, heldout=0):
     return pa.Table.from_pylist([{"cluster": 0, "prompt": PROMPT, "chosen_id": f"h{i}", "chosen": "a red shoe",
-                                  "rejected_id": f"e{i}", "rejected": "a cat"} for i in range(n)])
+                                  "rejected_id": f"e{i}", "rejected": "a cat", "heldout": i >= n}
+                                 for i in range(n + heldout)])
 
 
 def saved_adapter(checkpoint, to: Path) -> Path:
@@ -30,9 +31,12 @@ def test_second_round_continues_the_first_with_it_as_reference(ray_local, tiny, 
     lm = LMConfig(model=tiny["lm"])
     cfg = PreferConfig(steps=3, batch_size=2, learning_rate=1e-2, max_length=256, cpus_per_worker=1,
                        target_modules=["q_proj", "v_proj"])
-    first, m1 = run_dpo(pairs(), lm, cfg, seed=0, workdir=tmp_path / "w")
+    first, m1 = run_dpo(pairs(heldout=2), lm, cfg, seed=0, workdir=tmp_path / "w")
     a1 = saved_adapter(first, tmp_path / "a1")
     assert m1["step"] == 3 and m1["rewards/margins"] > 0  # it learnt to prefer the chosen text
+    assert m1["round_steps"] == 3 and m1["round_reward_margin"] > 0
+    # the held-out pairs, evaluated after the last step and never trained on, carry the same preference
+    assert m1["heldout_reward_margin"] > 0 and m1["heldout_reward_accuracy"] == 1.0
     assert m1["step_seconds"] > 0 and m1["setup_seconds"] > 0  # stage costs for the loop's metrics
     # One step of the next round: the policy starts as the first round's model; if the reference is that same
     # model the first loss is exactly log 2 and the reward margin 0 (against the base it would not be).

@@ -143,7 +143,7 @@ def run_info(cfg: ServeConfig) -> tuple[ServeConfig, dict, str | None, float | N
             raise FileNotFoundError(f"serve run={cfg.run}: not a KKA run folder with a completed iteration "
                                     f"(no {STATE})")
         run_cfg = KKAConfig.model_validate(yaml.safe_load(store.read_text("config.yaml")))
-        state = store.read_json(STATE)
+        state = store.read_state(STATE)
         rows = state["rows"]
         for r in rows:
             if "next_adapter" in r:

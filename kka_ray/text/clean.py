@@ -200,7 +200,8 @@ def clean_lines(
     encoder: SentenceEncoder | None = None,
     kept_keys: set[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every line in input order: the row's provenance + "sentence" + "reason" ("" when kept).
+    """Every line in input order: the row's provenance + "line" (its index in the row) + "sentence" + "reason"
+    ("" when kept).
 
     Rules, first match wins: malformed (not a mapping, no row_id, text not a string), empty (no sentence, or one
     without a letter or digit), preamble (a list's introduction: ends with ":" or opens "Here are"), too_short,
@@ -215,11 +216,13 @@ def clean_lines(
         provenance, text = _unpack(row)
         sentences = split_sentences(text) if text is not None else []
         if not sentences:
-            lines.append((provenance, "", MALFORMED if text is None else EMPTY))
+            lines.append(({**provenance, "line": 0}, "", MALFORMED if text is None else EMPTY))
         reasons = [_shape_reason(s, cfg) for s in sentences]
         if cfg.drop_truncated and sentences and provenance.get("truncated") and reasons[-1] is None:
             reasons[-1] = TRUNCATED  # generation hit its token limit: the last line stops mid-sentence
-        lines.extend(zip([provenance] * len(sentences), sentences, reasons, strict=True))
+        # `line`: the sentence's place in its completion, so that a completion can be read back whole
+        lines.extend(zip([{**provenance, "line": i} for i in range(len(sentences))], sentences, reasons,
+                         strict=True))
 
     candidates = [s for _, s, reason in lines if reason is None]
     too_similar: set[str] = set()
