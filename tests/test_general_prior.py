@@ -12,7 +12,15 @@ from kka_ray.config import ConfigError
 from kka_ray.data.base import ImageSet
 from kka_ray.data.emoji import BACKGROUND, EmojiDataset, load_png, noun_of
 from kka_ray.paths import assets_dir
-from kka_ray.prior.corpus import TEMPLATES, CorpusConfig, augment, build_corpus, random_captions, with_articles
+from kka_ray.prior.corpus import (
+    TEMPLATES,
+    CorpusConfig,
+    augment,
+    build_corpus,
+    random_captions,
+    vocabulary,
+    with_articles,
+)
 from kka_ray.render import RenderConfig, resolve_render
 from kka_ray.stages.select import normal_descriptions, select_representatives
 
@@ -95,6 +103,7 @@ def test_corpus_of_emoji_and_digits_records_what_it_holds(emoji_root):
         assert any(w in cap for w in corpus.nouns[y]), cap
     prompts = random_captions(list(corpus.nouns), 20, np.random.default_rng(1))
     assert len(set(prompts)) > 10 and all(isinstance(p, str) for p in prompts)
+    assert vocabulary(["emoji", "mnist"]) == list(corpus.nouns)  # what the prior can be asked to draw, in its order
 
 
 @pytest.fixture
