@@ -1,7 +1,8 @@
 """Run the anomaly service (Ray Serve, FastAPI ingress) until interrupted.
 
-    KKA_SERVE_TOKEN=secret python jobs/serve.py --config configs/serve/default.yaml [--set run=runs/kka-demo]
-    curl -s -H "Authorization: Bearer secret" -H "Content-Type: application/json" \\
+    export KKA_SERVE_TOKEN=$(openssl rand -hex 32)   # required unless --set auth.mode=none (loopback only)
+    python jobs/serve.py --config configs/serve/default.yaml [--set run=runs/kka-demo]
+    curl -s -H "Authorization: Bearer $KKA_SERVE_TOKEN" -H "Content-Type: application/json" \\
          -d '{"dataset": "fashion_mnist", "normal_class": "shirt", "count": 4}' http://127.0.0.1:8000/v1/anomalies
 """
 
@@ -9,7 +10,7 @@ import time
 
 from kka_ray.cli import parse_config, parser
 from kka_ray.runtime import init_ray
-from kka_ray.serve.app import build_app
+from kka_ray.serve.app import build_app, http_options
 from kka_ray.serve.config import ServeConfig
 
 
@@ -19,8 +20,9 @@ def main() -> None:
     init_ray(cfg.ray)
     from ray import serve
 
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(cfg), name="kka", route_prefix="/")
+    app = build_app(cfg)  # refuses a service without its token before anything listens
+    serve.start(http_options=http_options(cfg))
+    serve.run(app, name="kka", route_prefix="/")
     print(f"serving on http://{cfg.host}:{cfg.port} (POST /v1/anomalies, GET /v1/models, GET /healthz); "
           "Ctrl-C stops", flush=True)
     try:

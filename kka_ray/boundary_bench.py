@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from kka_ray.detectors.deepsad import DeepSAD
-from kka_ray.loop import BASELINE_JUDGE, load_run_config, load_task
+from kka_ray.loop import BASELINE_JUDGE, KKAConfig, load_task
 from kka_ray.records import write_record
 from kka_ray.runtime import init_ray
 from kka_ray.stages.evaluate import hard_easy_split, images_of
@@ -20,9 +21,19 @@ from kka_ray.summary import over_classes
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
 
+# What judging N_0 depends on. Only these sections of a run's config are read, so runs saved before later
+# changes to other stages (e.g. DPO's pair options) can still be judged; they are never resumed from here.
+JUDGE_KEYS = ("name", "run_dir", "dataset", "normal_classes", "seed", "val_fraction", "evaluator", "ray")
+
+
+def judge_config(run_folder: str) -> KKAConfig:
+    tree = yaml.safe_load(RunStore(run_folder).read_text("config.yaml"))
+    return KKAConfig.model_validate({k: v for k, v in tree.items() if k in JUDGE_KEYS})
+
+
 def hard_shares(run_folder: str, quantiles: tuple[float, ...] = QUANTILES) -> dict[str, float]:
     """N_0's hard share at each quantile, judged by the run's saved theta_C without anomalies."""
-    cfg = load_run_config(run_folder, [])
+    cfg = judge_config(run_folder)
     init_ray(cfg.ray)
     store = RunStore(run_folder)
     judge = DeepSAD.from_checkpoint(cfg.evaluator, store.path(BASELINE_JUDGE), store.fs)
@@ -37,7 +48,7 @@ def run_boundary_bench(runs: list[str], name: str, out: Path, command: str) -> d
     """One row per run folder (its class and seed from its config), summarised over classes."""
     rows = []
     for folder in runs:
-        cfg = load_run_config(folder, [])
+        cfg = judge_config(folder)
         rows.append({"class": "+".join(map(str, cfg.normal_classes)), "seed": cfg.seed, **hard_shares(folder)})
     df = pd.DataFrame(rows)
     cols = [f"q{round(100 * q)}" for q in QUANTILES]

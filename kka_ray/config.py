@@ -68,6 +68,10 @@ class DeepSADConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="Threads per worker; None = cpus_per_worker")
+    max_failures: int = Field(1, ge=0, description="Ray Train restarts of a fit whose worker died (a preempted "
+                              "node, a kill); each resumes from the last restart checkpoint")
+    checkpoint_every: int = Field(5, ge=0, description="Epochs between restart checkpoints of either phase (0: "
+                                  "none; a restart then begins the fit again). Resumed fits equal undisturbed ones")
     score_actors: int = Field(1, ge=1, description="Ray Data actors that score with the checkpoint")
     score_batch_size: int = Field(1024, ge=1)
 

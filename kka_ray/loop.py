@@ -37,6 +37,7 @@ from kka_ray.detectors import build_detector
 from kka_ray.detectors.deepsad import DeepSAD
 from kka_ray.figures import anomaly_grid, iteration_curves
 from kka_ray.metrics import auroc
+from kka_ray.paths import model_location
 from kka_ray.render import RenderConfig, resolve_render
 from kka_ray.resources import peak_rss_mb
 from kka_ray.stages.evaluate import (
@@ -212,7 +213,10 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
     gone."""
     from kka_ray.runtime import init_ray
 
-    resolve_render(cfg.render, cfg.dataset.name)  # a prior that has seen the dataset is refused before any work
+    # Refused before any work: a prior that has seen the dataset, a model folder that is not there.
+    resolve_render(cfg.render, cfg.dataset.name)
+    if cfg.generate.lm.model:
+        model_location(cfg.generate.lm.model, "generate.lm.model")
     state = open_run(cfg, resume, take_over)  # config.yaml as given; the folder locked to this driver
     workdir = Path(cfg.train_storage or tempfile.mkdtemp(prefix="kka-train-"))
     try:
@@ -276,8 +280,12 @@ def run_iteration(cfg: KKAConfig, state: LoopState, task, reps, ctx, t: int, pre
     costs = dict(rendered.costs)
     _say(f"iter {t} generate+render: {len(new)} anomalies, {len(rendered.rejects)} lines rejected "
          f"({rendered.stats['seconds']:.0f} s)")
-    if len(new) == 0:
-        raise RuntimeError(f"iteration {t}: every generated line was rejected; see {store.location}/iter_{t}")
+    if len(new) == 0:  # keep what the model wrote, then stop: the rejected lines say why
+        store.write_table(f"iter_{t}/rejects.parquet", rendered.rejects)
+        reasons = rendered.rejects.column("reason").value_counts().to_pylist() if len(rendered.rejects) else []
+        counts = ", ".join(f"{r['values']} {r['counts']}" for r in reasons) or "the model wrote nothing"
+        raise RuntimeError(f"iteration {t}: every generated line was rejected ({counts}); the lines are in "
+                           f"{store.location}/iter_{t}/rejects.parquet")
     rejudge = previous is not None and cfg.update.rejudge
     with _timed(costs, "split", len(new)):
         sp, *old = judge(judge_model, [new, previous] if rejudge else [new], task.val_normal, cfg.split.quantile)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from kka_ray.config import ConfigError, Strict, config_diff, describe_diff, load_config
 from kka_ray.detectors.deepsad import DeepSAD
-from kka_ray.detectors.deepsad.train import CHECKPOINT_FILE
+from kka_ray.detectors.deepsad.checkpoint import CHECKPOINT_FILE
 from kka_ray.figures import iteration_curves
 from kka_ray.loop import (
     BASELINE_JUDGE,

@@ -61,7 +61,10 @@ class RunStore:
         self._move_into_place(rel, lambda tmp: pq.write_table(table, tmp, filesystem=self.fs))
 
     def read_table(self, rel: str) -> pa.Table:
-        return pq.read_table(self.path(rel), filesystem=self.fs)
+        try:
+            return pq.read_table(self.path(rel), filesystem=self.fs)
+        except (pa.ArrowInvalid, OSError) as e:  # truncated, not Parquet, or absent
+            raise ValueError(f"{self.path(rel)}: not a readable Parquet table ({e})") from None
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         def write(tmp: str) -> None:

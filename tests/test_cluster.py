@@ -92,6 +92,19 @@ def test_rayservice_embeds_the_serve_config():
     assert embedded["applications"][0]["import_path"] == local["applications"][0]["import_path"]
 
 
+def test_no_dashboard_listens_beyond_loopback_without_rays_token_auth():
+    head = load("launcher.yaml")["head_start_ray_commands"]
+    assert any("--dashboard-host=127.0.0.1" in c for c in head) and not any("0.0.0.0" in c for c in head)
+    for name, key in (("rayjob.yaml", "rayClusterSpec"), ("rayservice.yaml", "rayClusterConfig")):
+        spec = load(name)["spec"][key]
+        if spec["headGroupSpec"]["rayStartParams"].get("dashboard-host", "127.0.0.1") != "127.0.0.1":
+            assert spec.get("authOptions", {}).get("mode") == "token", name
+    for pod in ("rayjob.yaml", "rayservice.yaml", "serve.yaml"):  # the serve token never in a runtime_env
+        assert "KKA_SERVE_TOKEN" not in str(yaml.safe_load((CLUSTER / pod).read_text()).get("runtimeEnvYAML", ""))
+    for app in load("serve.yaml")["applications"]:
+        assert "KKA_SERVE_TOKEN" not in str(app.get("runtime_env", {}))
+
+
 def test_runtime_env_is_accepted_by_ray():
     from ray.runtime_env import RuntimeEnv
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -94,6 +95,10 @@ def test_cifar100_download_unpacks_archive(tmp_path, monkeypatch):
         tar.add(tmp_path / "src" / "cifar-100-python", arcname="cifar-100-python")
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(archive.getvalue()))
     root = tmp_path / "dl"
+    with pytest.raises(ValueError, match="has MD5 .*expected eb9058c3a382ffc7106e4002c42a8d85"):
+        build_dataset("cifar100", root=root, options={"download": True}).load("train")
+    assert not list(root.iterdir())  # the unverified archive is deleted, nothing unpacked
+    monkeypatch.setattr(cifar_module, "MD5", hashlib.md5(archive.getvalue()).hexdigest())
     train = build_dataset("cifar100", root=root, options={"download": True}).load("train")
     assert len(train) == 3
     assert sorted(p.name for p in root.iterdir()) == ["cifar-100-python"]  # the archive is removed

@@ -43,7 +43,7 @@ def test_two_worker_fit_and_score(ray_local, tiny_task, tmp_path):
     np.testing.assert_allclose(det.score(test.images[perm]), scores[perm], rtol=1e-5)
     # Trousers are easy: even three epochs on 512 images separate them from the rest.
     assert auroc(targets, scores) > 0.7
-    assert any(tmp_path.rglob("deepsad.pt"))
+    assert any(tmp_path.rglob("deepsad.safetensors"))
 
 
 def test_score_before_fit_is_an_error():
@@ -55,6 +55,8 @@ def test_fit_starts_from_an_earlier_fits_pretrained_encoder(ray_local, tiny_task
     import ray.train
     import torch
 
+    from kka_ray.detectors.deepsad import checkpoint as ckpt
+    from kka_ray.detectors.deepsad.networks import NetSpec
     from kka_ray.detectors.deepsad.train import _pretrained_encoder
 
     task, normals, _, _ = tiny_task
@@ -66,7 +68,7 @@ def test_fit_starts_from_an_earlier_fits_pretrained_encoder(ray_local, tiny_task
 
     def saved(det):
         with det.checkpoint.as_directory() as d:
-            return torch.load(f"{d}/deepsad.pt", weights_only=True)
+            return ckpt.read(d)
 
     a, b = saved(first), saved(second)
     assert a["pretrained"].keys() == b["pretrained"].keys()
@@ -74,6 +76,36 @@ def test_fit_starts_from_an_earlier_fits_pretrained_encoder(ray_local, tiny_task
     assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     without = tmp_path / "no-pretraining"  # a checkpoint of a fit with pretraining off (written by hand)
     without.mkdir()
-    torch.save({**a, "pretrained": None}, without / "deepsad.pt")
+    ckpt.write(without, a["state_dict"], a["c"], NetSpec(**a["spec"]), None)
     with pytest.raises(ValueError, match="holds no pretrained encoder"):
         _pretrained_encoder(ray.train.Checkpoint.from_directory(str(without)))
+
+
+@pytest.mark.slow
+def test_a_killed_train_worker_restarts_and_the_fit_equals_an_undisturbed_one(ray_local, tiny_task, tmp_path):
+    """SIGKILL the Ray Train worker mid-fit: Ray Train restarts it (max_failures) from the last restart
+    checkpoint, and the fitted model is the one an undisturbed fit gives."""
+    import torch
+
+    from kka_ray.detectors.deepsad import checkpoint as ckpt
+    from kka_ray.faults import Killer
+
+    task, normals, test, _ = tiny_task
+    cfg = DeepSADConfig(epochs=40, ae_epochs=0, pretrain=False, batch_size=128, cpus_per_worker=1, lr=1e-3,
+                        lr_milestones=[], checkpoint_every=2, max_failures=1, bf16=False)
+
+    def fit(kill: bool):
+        det = build_detector(cfg)
+        killer = Killer(("RayTrainWorker",), after_s=6, deadline_s=120)
+        if kill:
+            killer.start()
+        det.fit(normals, None, seed=0, workdir=tmp_path / str(kill))
+        killer.stop.set()
+        with det.checkpoint.as_directory() as d:
+            return ckpt.read(d), killer.kill
+
+    (undisturbed, _), (restarted, kill) = fit(False), fit(True)
+    assert kill.pid is not None, "the worker was never killed (the fit ended first)"
+    assert torch.equal(undisturbed["c"], restarted["c"])
+    for k, v in undisturbed["state_dict"].items():
+        assert torch.equal(restarted["state_dict"][k], v), k

@@ -38,7 +38,7 @@ def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
         # every anomaly keeps the verdict of the theta_C that judged it when it was new
         assert a.column("judged_iteration").to_pylist() == a.column("iteration").to_pylist()
         assert max(a.column("iteration").to_pylist()) <= t
-        assert state.store.exists(f"iter_{t}/evaluator/deepsad.pt"), t
+        assert state.store.exists(f"iter_{t}/evaluator/deepsad.safetensors"), t
         assert json.loads(state.store.read_text(f"iter_{t}/metrics.json"))["iteration"] == t
         row = state.rows[t]
         assert row["hard"] + row["easy"] == row["new"] and row["hard_in_set"] == sum(a.column("hard").to_pylist())
@@ -72,7 +72,7 @@ def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
         assert row["next_adapter"] == adapter
     assert adapter, "no DPO round ran in the tiny loop: retune tiny_config's split.quantile so one does"
     for f in ("config.yaml", "representatives.parquet", "report.md", "auroc.png", "iter_0/grid.png",
-              "iter_0/hard_grid.png", "baseline/evaluator/deepsad.pt"):
+              "iter_0/hard_grid.png", "baseline/evaluator/deepsad.safetensors"):
         assert state.store.exists(f), f
     assert "SAD + KKA(2)" in state.store.read_text("report.md")
 

@@ -62,6 +62,8 @@ def test_train_and_bench_jobs_end_to_end(ray_local, tmp_path, monkeypatch):
         "--set", "unet_steps=3", "--set", "warmup_steps=1", "--set", "batch_size=16", "--set", "cpus_per_worker=1",
     ], monkeypatch)
     assert (out / "model_index.json").is_file() and (out / "text_encoder" / "model.safetensors").is_symlink()
+    with pytest.raises(SystemExit, match="already holds a prior.*--replace"):  # a committed prior is never replaced
+        run_job("jobs/train_prior.py", ["--out", str(out)], monkeypatch)
     assert load_config(PriorConfig, out / "kka_prior_config.yaml").unet_steps == 3
     r = DiffusersRenderer(RenderConfig(model=str(out), steps=2, cpus_per_actor=1).model_dump(), 28, 1)
     images = r.render(["a photo of a sandal", "the digit five"], [0, 1])

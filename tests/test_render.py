@@ -91,3 +91,28 @@ def test_committed_prior_loads_offline_and_renders_task_images():
     out = actor(batch(["a leather boot", "the numeral five"], [1, 2]))
     assert out["image"].shape == (2, 28, 28, 1) and out["image"].dtype == np.uint8
     assert out["rendered"].all() and out["image"].std() > 0  # not blank
+
+
+def test_a_render_actor_that_always_dies_ends_the_job_after_its_restarts(ray_local):
+    """A crash that repeats (a bad driver, a model that kills its process) must not loop forever: after
+    render.max_restarts restarts the stage fails with an error that says so."""
+    import os
+
+    import ray
+
+    from kka_ray.render.base import RenderActor, RenderBackend
+
+    class Dying(RenderActor):
+        def render(self, prompts, seeds):
+            os._exit(1)
+
+    class DyingBackend(RenderBackend):  # the backends' own apply(), with an actor that kills its process
+        actor_cls = Dying
+
+        def model_id(self):
+            return "dies"
+
+    cfg = RenderConfig(max_restarts=2, cpus_per_actor=0.5)
+    ds = ray.data.from_items([{"sentence": f"a red hat {i}", "seed": i, "reason": ""} for i in range(4)])
+    with pytest.raises(RuntimeError, match="died and was restarted up to its limit.*MapBatches\\(Dying\\)"):
+        collect(DyingBackend(cfg).apply(ds, 8, 1), "dies")

@@ -14,14 +14,15 @@ from kka_ray.config import load_config
 from kka_ray.serve.config import ServeConfig
 
 TOKEN_ENV = "KKA_TEST_SERVE_TOKEN"
-AUTH = {"Authorization": "Bearer s3cret"}
+TOKEN = "s3cret-for-the-test-service"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def service(tiny_run, tiny):
     from ray import serve
 
-    from kka_ray.serve.app import build_app
+    from kka_ray.serve.app import build_app, http_options
 
     _, state = tiny_run
     with socket.socket() as s:
@@ -29,10 +30,11 @@ def service(tiny_run, tiny):
         port = s.getsockname()[1]
     cfg = load_config(ServeConfig, None, [
         f"run={state.store.location}", f"render.model={tiny['sd']}", "render.steps=2", "render.cpus_per_actor=0.5",
-        "generate.lm.cpus_per_actor=0.5", f"token_env={TOKEN_ENV}", f"port={port}", "limits.max_count=10",
-        "limits.max_descriptions=2", "limits.max_text_chars=40"])
-    os.environ[TOKEN_ENV] = "s3cret"
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        "generate.lm.cpus_per_actor=0.5", f"auth.token_env={TOKEN_ENV}", f"port={port}", "limits.max_count=10",
+        "limits.max_descriptions=2", "limits.max_text_chars=40", "limits.max_body_bytes=2048",
+        "limits.max_ongoing_requests=2", "limits.max_queued_requests=2", "limits.retry_after_s=7"])
+    os.environ[TOKEN_ENV] = TOKEN
+    serve.start(http_options=http_options(cfg))
     serve.run(build_app(cfg), name="kka-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}", state
     serve.shutdown()
@@ -111,3 +113,35 @@ def test_missing_or_wrong_token_is_401_before_validation(service):
     url, _ = service
     assert post(url, {"count": 0}, headers={}).status_code == 401
     assert post(url, {"normal_descriptions": ["a shirt"]}, headers={"Authorization": "Bearer x"}).status_code == 401
+    malformed = requests.post(f"{url}/v1/anomalies", data=b"{not json", timeout=30,
+                              headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 401  # not 422: nothing is parsed before the token
+    for page in ("/docs", "/openapi.json", "/redoc"):
+        assert requests.get(f"{url}{page}", timeout=30).status_code == 401, page
+    assert requests.get(f"{url}/openapi.json", headers=AUTH, timeout=30).status_code == 200
+
+
+def test_oversized_body_is_413_and_the_token_never_reaches_ray(service):
+    import psutil
+
+    url, _ = service
+    r = requests.post(f"{url}/v1/anomalies", headers=AUTH, timeout=30,
+                      json={"normal_descriptions": ["a shirt " * 300], "count": 1})
+    assert r.status_code == 413 and "2048 bytes" in r.text
+    # A runtime_env's variables (which the dashboard and state API display) land in the replica's environment.
+    ingress = [p for p in psutil.process_iter(["cmdline"])
+               if " ".join(p.info["cmdline"] or ()).startswith("ray::ServeReplica:kka-test:Ingress")]
+    assert ingress and all(TOKEN not in p.environ().values() for p in ingress)
+
+
+def test_beyond_the_queue_requests_are_refused_with_retry_after(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = service
+    body = {"normal_descriptions": ["a photo of a shirt"], "count": 2, "return_images": False}
+    with ThreadPoolExecutor(12) as pool:  # 2 in flight + 2 queued at the ingress: the rest are turned away
+        answers = list(pool.map(lambda s: post(url, {**body, "seed": s}), range(12)))
+    refused = [r for r in answers if r.status_code == 503]
+    assert refused and all(r.headers.get("Retry-After") == "7" for r in refused)
+    assert any(r.status_code == 200 for r in answers)
+    assert {r.status_code for r in answers} <= {200, 503}

@@ -15,4 +15,9 @@ __all__ = ["DATASETS", "ImageDataset", "ImageSet", "OneClassTask", "make_task", 
 
 
 def build_dataset(name: str, root=None, image_size=None, options=None) -> ImageDataset:
-    return DATASETS.get(name)(root=root, image_size=image_size, options=dict(options or {}))
+    cls = DATASETS.get(name)
+    unknown = sorted(set(options or {}) - set(cls.option_names))
+    if unknown:  # a typo would otherwise be ignored silently and the default used
+        accepted = ", ".join(cls.option_names) or "no options"
+        raise ValueError(f"dataset {name}: unknown dataset.options {unknown}; {name} accepts {accepted}")
+    return cls(root=root, image_size=image_size, options=dict(options or {}))

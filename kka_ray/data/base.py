@@ -69,6 +69,7 @@ class ImageDataset(ABC):
 
     domain: ClassVar[str] = "objects"
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    option_names: ClassVar[tuple[str, ...]] = ()  # the keys `options` may hold; others are refused by name
 
     def load(self, split: str) -> ImageSet:
         if split not in self.splits:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
-import shutil
 import tarfile
 import urllib.request
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ from kka_ray.data.base import DATASETS, ImageDataset, ImageSet, missing_data_err
 from kka_ray.paths import assets_dir
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # the archive's published checksum (as torchvision checks it)
 _DIR = "cifar-100-python"
 _FILES = ("train", "test", "meta")
 _LABELS = {  # protocol -> (labels key of a split, class-names key of meta)
@@ -50,17 +51,25 @@ def _complete(folder: Path) -> bool:
 
 
 def download(root: Path) -> None:
-    """Fetch the official archive into `root` and unpack it there (makes root/cifar-100-python)."""
+    """Fetch the official archive into `root`, check its published MD5, and unpack it there (makes
+    root/cifar-100-python). A mismatching download is deleted, never unpacked."""
     root.mkdir(parents=True, exist_ok=True)
-    part = root / (URL.rsplit("/", 1)[1] + ".part")
+    url, md5 = URL, MD5
+    part = root / (url.rsplit("/", 1)[1] + ".part")
     try:
-        with urllib.request.urlopen(URL, timeout=60) as response, open(part, "wb") as f:
-            shutil.copyfileobj(response, f)
+        h = hashlib.md5(usedforsecurity=False)
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
+            while chunk := response.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+        if h.hexdigest() != md5:
+            raise ValueError(f"cifar100: {url} has MD5 {h.hexdigest()}, expected {md5}: a corrupt or substituted "
+                             "download, deleted and not unpacked")
         with tarfile.open(part) as tar:
             tar.extractall(root, filter="data")
     except (OSError, tarfile.TarError) as e:  # URLError and timeouts are OSErrors
         raise RuntimeError(
-            f"cifar100: could not download and unpack {URL} ({e}); fetch it by hand and unpack it into {root}"
+            f"cifar100: could not download and unpack {url} ({e}); fetch it by hand and unpack it into {root}"
         ) from e
     finally:
         part.unlink(missing_ok=True)
@@ -72,6 +81,7 @@ class CIFAR100(ImageDataset):
     """options: protocol = "superclass" (default; labels are the 20 coarse classes) or "fine";
     download = true fetches the archive when it is missing. Descriptions always name the fine class."""
 
+    option_names: ClassVar[tuple[str, ...]] = ("protocol", "download")
     domain: ClassVar[str] = "objects"
 
     def _root(self) -> Path:

@@ -101,6 +101,7 @@ class EmojiDataset(ImageDataset):
     """All images in one `train` split (the corpus needs no test split). Options: `sets` (default both), `size`
     (native side, default 28: objects then fill the same central area as the 28-px datasets padded to 32)."""
 
+    option_names: ClassVar[tuple[str, ...]] = ("sets", "size")
     domain: ClassVar[str] = "emoji pictures"
     splits: ClassVar[tuple[str, ...]] = ("train",)
 

@@ -16,11 +16,22 @@ _FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def read_idx(path: Path, header: int) -> np.ndarray:
-    """Raw bytes of an IDX file after its header (16 bytes for images, 8 for labels)."""
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """The uint8 array of an IDX file (1 dim for labels, 3 for images), its header checked against its size."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a cut-off gzip stream is an EOFError
+        raise ValueError(f"{path}: unreadable IDX file ({e})") from None
+    header = 4 + 4 * dims
+    if len(raw) < header or raw[:4] != bytes([0, 0, 8, dims]):
+        raise ValueError(f"{path}: not a uint8 IDX file with {dims} dimension(s) (magic {raw[:4].hex() or 'none'})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    if len(raw) - header != int(np.prod(shape)):
+        raise ValueError(f"{path}: truncated or padded IDX file: its header says {shape}, "
+                         f"{int(np.prod(shape))} bytes of data, and it holds {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -46,8 +57,12 @@ class IdxDataset(ImageDataset):
         if img_file is None or lab_file is None:
             layout = "\n".join(f"  {root}/{s}[.gz]" for s in _FILES[split])
             raise missing_data_error(type(self).__name__, root, layout)
-        labels = read_idx(lab_file, 8).astype(np.int64)
-        images = read_idx(img_file, 16).reshape(len(labels), 28, 28, 1).copy()
+        labels = read_idx(lab_file, 1).astype(np.int64)
+        images = read_idx(img_file, 3)
+        if images.shape != (len(labels), 28, 28):
+            raise ValueError(f"{img_file}: {images.shape} images for {len(labels)} labels in {lab_file}; "
+                             "expected 28x28, one per label")
+        images = images[..., None].copy()
         descriptions = [self.describe(self.names[y]) for y in range(len(self.names))]
         return ImageSet(
             images=images,

@@ -67,6 +67,7 @@ class ImageFolder(ImageDataset):
     (default "objects"). Labels index the class folders of both splits in sorted order, so train and test
     agree even when a split lacks a class."""
 
+    option_names: ClassVar[tuple[str, ...]] = ("channels", "domain")
     domain: ClassVar[str] = "objects"
 
     def __post_init__(self):

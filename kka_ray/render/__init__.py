@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from kka_ray.paths import model_location
 from kka_ray.render import diffusers_backend  # noqa: F401  (registers diffusers)
 from kka_ray.render.base import RENDERERS, RenderBackend, RenderConfig
 from kka_ray.render.prior import GENERAL, check_overlap, choose_prior, prior_corpus
@@ -21,6 +22,7 @@ def resolve_render(cfg: RenderConfig, dataset: str | None) -> RenderConfig:
         if dataset is None:
             return cfg if cfg.prior != "auto" else cfg.model_copy(update={"prior": GENERAL[0]})
         return cfg.model_copy(update={"prior": choose_prior(cfg.prior, dataset, cfg.allow_prior_overlap)})
+    model_location(cfg.model, "render.model")
     if dataset is not None and Path(cfg.model).is_dir():
         check_overlap(f"render.model {cfg.model}", prior_corpus(Path(cfg.model)), dataset, cfg.allow_prior_overlap)
     return cfg

@@ -41,6 +41,9 @@ class RenderConfig(Strict):
                                          "config says so: e.g. the offline prior has none to begin with)")
     batch_size: int = Field(16, ge=1, description="Descriptions per pipeline call")
     actors: int = Field(1, ge=1, description="Size of the render actor pool")
+    max_restarts: int = Field(3, ge=0, description="Restarts of a dead render actor (and retries of its batch) "
+                              "before the job fails with the actor's error; Ray Data's default is unlimited, "
+                              "which loops forever on a crash that repeats")
     cpus_per_actor: float = Field(2.0, gt=0, description="CPUs per actor (also its torch threads)")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor")
 
@@ -107,9 +110,23 @@ class RenderBackend(ABC):
     def __init__(self, cfg: RenderConfig):
         self.cfg = cfg
 
-    @abstractmethod
     def apply(self, ds, size: int, channels: int):
-        """Lazily add `image` and `render_seconds` to a Ray Dataset of description rows."""
+        """Lazily add `image` and `render_seconds` to a Ray Dataset of description rows: a pool of `actor_cls`
+        actors, each restarted at most `max_restarts` times (a crash that repeats ends the job with its error)."""
+        from ray.data import ActorPoolStrategy
+
+        cfg = self.cfg
+        return ds.map_batches(
+            self.actor_cls,
+            fn_constructor_kwargs={"cfg": cfg.model_dump(), "size": size, "channels": channels},
+            compute=ActorPoolStrategy(size=cfg.actors),
+            batch_size=cfg.batch_size,
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor,
+            batch_format="numpy",
+            max_restarts=cfg.max_restarts,
+            max_task_retries=cfg.max_restarts,
+        )
 
     @abstractmethod
     def model_id(self) -> str:

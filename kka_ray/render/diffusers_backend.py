@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ray.data import ActorPoolStrategy
 
+from kka_ray.paths import model_location
 from kka_ray.render.base import RENDERERS, RenderActor, RenderBackend, RenderConfig
 
 
 def pipeline_source(cfg: RenderConfig) -> str:
     if cfg.model is not None:
-        return cfg.model
+        return model_location(cfg.model, "render.model")
     from kka_ray.render.prior import GENERAL, prior_dir
 
     return str(prior_dir(GENERAL[0] if cfg.prior == "auto" else cfg.prior))
@@ -57,17 +57,6 @@ class DiffusersRenderer(RenderActor):
 @RENDERERS.register("diffusers")
 class DiffusersBackend(RenderBackend):
     actor_cls = DiffusersRenderer
-    def apply(self, ds, size: int, channels: int):
-        cfg = self.cfg
-        return ds.map_batches(
-            DiffusersRenderer,
-            fn_constructor_kwargs={"cfg": cfg.model_dump(), "size": size, "channels": channels},
-            compute=ActorPoolStrategy(size=cfg.actors),
-            batch_size=cfg.batch_size,
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=cfg.gpus_per_actor,
-            batch_format="numpy",
-        )
 
     def model_id(self) -> str:
         return self.cfg.model or f"kka-ray offline prior {self.cfg.prior}"

@@ -18,8 +18,8 @@ CORPUS_FILE = "kka_prior_corpus.json"
 GENERAL = ("general", "general-no-mnist")
 
 
-def prior_dir(name: str) -> Path:
-    """A shipped prior by name; its frozen MiniLM weights are linked from the offline package on first use."""
+def shipped_prior(name: str) -> Path:
+    """The folder of a shipped prior, or an error naming it and what is shipped."""
     path = PRIORS_DIR / name
     if not (path / "model_index.json").is_file():
         shipped = sorted(p.name for p in PRIORS_DIR.iterdir() if (p / "model_index.json").is_file())
@@ -27,6 +27,12 @@ def prior_dir(name: str) -> Path:
             f"render.prior {name!r}: no offline prior at {path} (shipped: {', '.join(shipped) or 'none'}); train it "
             f"with `python jobs/train_prior.py --config configs/prior/{name}.yaml` or set render.model to a "
             "diffusers pipeline (hub id or local folder)")
+    return path
+
+
+def prior_dir(name: str) -> Path:
+    """A shipped prior by name; its frozen MiniLM weights are linked from the offline package on first use."""
+    path = shipped_prior(name)
     from kka_ray.prior.model import link_text_encoder
 
     link_text_encoder(path)
@@ -51,7 +57,7 @@ def choose_prior(name: str, dataset: str, allow_overlap: bool) -> str:
         raise ConfigError(f"render.prior auto: no general prior can render for {dataset!r} ("
                           + "; ".join(f"{k}: {v}" for k, v in seen.items()) + "); train one with "
                           "jobs/train_prior.py, or name a prior and set render.allow_prior_overlap: true")
-    check_overlap(f"render.prior {name!r}", prior_corpus(PRIORS_DIR / name), dataset, allow_overlap)
+    check_overlap(f"render.prior {name!r}", prior_corpus(shipped_prior(name)), dataset, allow_overlap)
     return name
 
 

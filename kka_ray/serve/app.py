@@ -1,39 +1,31 @@
 """The Serve application: a FastAPI ingress over the Describer, Renderer and (optional) Evaluator deployments.
 
     serve run kka_ray.serve.app:build config=configs/serve/default.yaml      # or: python jobs/serve.py
-Endpoints: POST /v1/anomalies, GET /v1/models, GET /healthz. With the token variable set, every endpoint but
-/healthz needs `Authorization: Bearer <token>` (401 otherwise).
+Endpoints: POST /v1/anomalies, GET /v1/models, GET /healthz. By default (auth.mode=token) every route but
+/healthz, /docs and /openapi.json included, needs `Authorization: Bearer <token>` (401 otherwise); see guard.py.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime to tell the
 # request body from query parameters.
 import base64
-import hmac
 import io
-import os
 import time
 
 import numpy as np
 import yaml
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import FastAPI, HTTPException
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from kka_ray.config import load_config
 from kka_ray.serve.config import ServeConfig
 from kka_ray.serve.deployments import BASE, Describer, Evaluator, Renderer
+from kka_ray.serve.guard import Guard, Policy, token_digest
 from kka_ray.serve.schemas import Anomaly, AnomalyRequest, AnomalyResponse, ModelsResponse, Provenance
 
-TOKEN_ENV_NAME = "KKA_SERVE_TOKEN_ENV"  # names the variable that holds the token (ServeConfig.token_env)
-
 api = FastAPI(title="kka-ray: on-demand anomaly generation", version="1")
-
-
-def require_token(authorization: str | None = Header(None)) -> None:
-    """Runs before the body is validated, so a request without the token learns nothing but 401."""
-    token = os.environ.get(os.environ.get(TOKEN_ENV_NAME, "KKA_SERVE_TOKEN"))
-    if token and not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
-        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+api.add_middleware(Guard)
 
 
 def field_error(field: str, msg: str, value) -> HTTPException:
@@ -52,19 +44,20 @@ def png_base64(image: np.ndarray) -> str:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, describer: DeploymentHandle, renderer: DeploymentHandle,
-                 evaluator: DeploymentHandle | None, info: dict, cfg: dict):
+                 evaluator: DeploymentHandle | None, info: dict, cfg: dict, digest: str | None):
         self.describer, self.renderer, self.evaluator = describer, renderer, evaluator
         self.info, self.cfg = info, ServeConfig(**cfg)
+        Guard.install(Policy(digest, self.cfg.limits.max_body_bytes))
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(require_token)])
+    @api.get("/v1/models", response_model=ModelsResponse)
     async def models(self) -> ModelsResponse:
         return ModelsResponse(**self.info["models"])
 
-    @api.post("/v1/anomalies", response_model=AnomalyResponse, dependencies=[Depends(require_token)])
+    @api.post("/v1/anomalies", response_model=AnomalyResponse)
     async def anomalies(self, req: AnomalyRequest) -> AnomalyResponse:
         start = time.time()
         job = self.job(req)
@@ -181,14 +174,21 @@ def build_app(cfg: ServeConfig):
     ).bind(render.model_dump(), cfg.image_size, cfg.channels, **batch)
     evaluator = (Evaluator.options(ray_actor_options={"num_cpus": 0.25}).bind(evaluator_dir, boundary)
                  if evaluator_dir else None)
-    env = {TOKEN_ENV_NAME: cfg.token_env}
-    if os.environ.get(cfg.token_env):  # a token set where the app is built reaches the ingress replicas
-        env[cfg.token_env] = os.environ[cfg.token_env]
-    # The ingress only routes: it asks for no CPU, so the model replicas may take the node's CPUs.
-    ingress = Ingress.options(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}},
-                              max_ongoing_requests=8 * ongoing)
+    digest = token_digest(cfg.auth, cfg.host)  # before any replica starts: a service never starts open by mistake
+    # The ingress only routes: it asks for no CPU, so the model replicas may take the node's CPUs. Requests
+    # beyond those in flight wait in a bounded queue; more are refused with Retry-After.
+    lim = cfg.limits
+    ingress = Ingress.options(
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=lim.max_ongoing_requests,
+        max_queued_requests=lim.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=lim.backpressure_status, retry_after_s=lim.retry_after_s))
     return ingress.bind(describer, renderer, evaluator, {"adapters": adapters, "models": models},
-                        cfg.model_dump(mode="json"))
+                        cfg.model_dump(mode="json"), digest)
+
+
+def http_options(cfg: ServeConfig) -> dict:
+    """serve.start's HTTP options for this config (a Serve config file sets the same under http_options)."""
+    return {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.limits.request_timeout_s}
 
 
 def build(args: dict):

@@ -194,6 +194,8 @@ def description_stream(reps: Sequence[Representative], ctx: NormalContext, cfg: 
         # MiniLM on a few sentences at a time, one thread. It asks for no CPU so that it can always be placed:
         # with a CPU share it could wait forever behind a render pool that took the node's CPUs first.
         num_cpus=0,
+        max_restarts=cfg.lm.max_restarts,  # a restarted cleaner forgets its kept lines: the final pass settles them
+        max_task_retries=cfg.lm.max_restarts,
     )
 
 

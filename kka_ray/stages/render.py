@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from kka_ray.render import RenderConfig, build_renderer
 from kka_ray.stages.generate import COST_COLUMNS, GenerateConfig, NormalContext, description_stream, stream_costs
@@ -46,9 +47,14 @@ def collect(stream, renderer_id: str, cleaned: bool = False) -> RenderResult:
     the cleaner (`anomaly_stream`), whose later copies of a kept line are settled here, in generation order."""
     start = time.time()
     columns: dict[str, list] = {}
-    for batch in stream.iter_batches(batch_size=None, batch_format="numpy"):
-        for k, v in batch.items():
-            columns.setdefault(k, []).append(v)
+    try:
+        for batch in stream.iter_batches(batch_size=None, batch_format="numpy"):
+            for k, v in batch.items():
+                columns.setdefault(k, []).append(v)
+    except ray.exceptions.RayActorError as e:  # restarted until its limit: a crash that repeats
+        cause = " ".join(str(e).split())[:400]
+        raise RuntimeError("a stage's actor died and was restarted up to its limit (generate.lm.max_restarts, "
+                           f"render.max_restarts); the pass stops here, earlier iterations are kept: {cause}") from e
     data = {k: np.concatenate(v) for k, v in columns.items()}
     if "row_id" in data:  # blocks arrive in completion order; a stable sort restores generation order
         order = np.argsort(data["row_id"], kind="stable")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.train import RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from kka_ray.actor_map import map_images
@@ -71,7 +71,11 @@ class DeepSAD(Detector):
                 use_gpu=cfg.use_gpu,
                 resources_per_worker={"CPU": cfg.cpus_per_worker},
             ),
-            run_config=RunConfig(name=f"deepsad-{uuid.uuid4().hex[:8]}", storage_path=str(Path(workdir).resolve())),
+            # A dead worker (preempted node, kill) restarts the fit from its last restart checkpoint; only the
+            # latest checkpoint is kept, which at the end is the fitted model.
+            run_config=RunConfig(name=f"deepsad-{uuid.uuid4().hex[:8]}", storage_path=str(Path(workdir).resolve()),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1)),
         )
         result = trainer.fit()
         self.checkpoint = result.checkpoint
@@ -81,5 +85,10 @@ class DeepSAD(Detector):
         if self.checkpoint is None:
             raise RuntimeError("Deep SAD: score() called before fit()")
         cfg = self.cfg
-        return map_images(images, DeepSADScorer, {"checkpoint": self.checkpoint}, output="score",
-                          actors=cfg.score_actors, batch_size=cfg.score_batch_size, num_cpus=1).astype(np.float64)
+        scores = map_images(images, DeepSADScorer, {"checkpoint": self.checkpoint}, output="score",
+                            actors=cfg.score_actors, batch_size=cfg.score_batch_size, num_cpus=1).astype(np.float64)
+        bad = int((~np.isfinite(scores)).sum())
+        if bad:  # a diverged fit: every verdict and AUROC computed from it would be meaningless
+            raise FloatingPointError(f"Deep SAD {self.checkpoint.path}: {bad} of {len(scores)} distances are NaN or "
+                                     "infinite (the fit diverged); lower evaluator.lr, or set evaluator.bf16=false")
+        return scores
