@@ -31,7 +31,9 @@ def _png(fig) -> bytes:
 def anomaly_grid(anomalies: pa.Table, n: int, title: str, per_row: int = 8) -> bytes:
     """The first `n` anomalies with their descriptions; frame red = hard, blue = easy (when judged)."""
     n = min(n, len(anomalies))
-    images = anomalies.column("image").combine_chunks().to_numpy_ndarray()[:n]
+    chunks = [c.to_numpy_ndarray() for c in anomalies.slice(0, n).column("image").chunks if len(c)]
+    # None of them (an iteration without a hard anomaly): an empty grid under its title says so.
+    images = np.concatenate(chunks) if chunks else np.zeros((0, 1, 1, 1), np.uint8)
     hard = anomalies.column("hard").to_pylist()[:n] if "hard" in anomalies.column_names else None
     return image_grid(images, anomalies.column("sentence").to_pylist()[:n], title, per_row, hard)
 

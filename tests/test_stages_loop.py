@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from kka_ray.stages.evaluate import Split, hard_easy_split, with_split
@@ -135,3 +136,16 @@ def test_no_pairs_when_completions_score_alike_and_old_tables_are_named():
     assert len(build_pairs(judged, rejects, GenerateConfig(), "x", PreferConfig(), seed=0)) == 0
     with pytest.raises(ValueError, match="lack columns \\['line'\\]"):
         build_pairs(judged.drop(["line"]), rejects, GenerateConfig(), "x", PreferConfig(), seed=0)
+
+
+def test_anomaly_grid_of_a_filtered_table_and_of_none():
+    """Fig. 3's grid of the new hard anomalies: a filtered table (several chunks), and an iteration with none."""
+    from kka_ray.figures import anomaly_grid
+
+    images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4, 1)
+    part = pa.table({"image": pa.FixedShapeTensorArray.from_numpy_ndarray(images), "sentence": ["a", "b", "c"],
+                     "hard": [True, False, True]})
+    table = pa.concat_tables([part, part])
+    for hard in (table.filter(table.column("hard")), table.filter(pc.equal(table.column("sentence"), "z"))):
+        png = anomaly_grid(hard, 8, f"{len(hard)} hard")
+        assert png.startswith(b"\x89PNG")
