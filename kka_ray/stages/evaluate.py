@@ -4,8 +4,9 @@ theta_C is Deep SAD trained on the training normals (labelled normal) and the an
 It judges anomalies it was *not* trained on: the new candidates of an iteration are scored by the theta_C of the
 set before them (at t = 0 the detector trained on normals only). A candidate is hard when theta_C places it
 inside the normal boundary: its distance to c is below the 0.99-quantile of the distances of held-out
-*validation* normals (`split.quantile`; 1.0, their largest, is the paper's rule). Judging the set theta_C was just trained on would call almost everything
-easy (on Fashion-MNIST "shirt": 0 hard of 224), since Deep SAD's anomaly term pushes exactly those samples out.
+*validation* normals (`split.quantile`; 1.0, their largest, is the paper's rule). Judging the set theta_C was
+just trained on would call almost everything easy (on Fashion-MNIST "shirt": 0 hard of 224), since Deep SAD's
+anomaly term pushes exactly those samples out.
 The test split is never read here.
 """
 
