@@ -15,6 +15,23 @@ def driver_blocks(table: pa.Table, n_blocks: int):
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
 
 
+def pool_map(ds, actor_cls: type, ctor_kwargs: dict, pool):
+    """`ds` through a fixed pool of `actor_cls` actors sized by a stage config (`actors`, `batch_size`,
+    `cpus_per_actor`, `gpus_per_actor`, `max_restarts`): a dead actor restarts, and its batch is retried, at most
+    `max_restarts` times (Ray Data's default is unlimited, which loops forever on a crash that repeats)."""
+    return ds.map_batches(
+        actor_cls,
+        fn_constructor_kwargs=ctor_kwargs,
+        compute=ActorPoolStrategy(size=pool.actors),
+        batch_size=pool.batch_size,
+        num_cpus=pool.cpus_per_actor,
+        num_gpus=pool.gpus_per_actor,
+        batch_format="numpy",
+        max_restarts=pool.max_restarts,
+        max_task_retries=pool.max_restarts,
+    )
+
+
 def map_images(images: np.ndarray, actor_cls: type, ctor_kwargs: dict, *, output: str, actors: int,
                batch_size: int, num_cpus: float, num_gpus: float = 0.0) -> np.ndarray:
     """`actor_cls(**ctor_kwargs)(batch)` maps {"row", "image"} batches to {"row", output}; rows come back sorted."""

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ray.data import ActorPoolStrategy
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, LogitsProcessor
 
+from kka_ray.actor_map import pool_map
 from kka_ray.llm.base import LM_BACKENDS, LMBackend, LMConfig
 from kka_ray.paths import model_location
 from kka_ray.precision import resolve_bf16
@@ -228,16 +228,6 @@ class HFGenerator:
 @LM_BACKENDS.register("transformers")
 class TransformersBackend(LMBackend):
     generator_cls = HFGenerator
+
     def apply(self, ds):
-        cfg = self.cfg
-        return ds.map_batches(
-            HFGenerator,
-            fn_constructor_kwargs={"cfg": cfg.model_dump()},
-            compute=ActorPoolStrategy(size=cfg.actors),
-            batch_size=cfg.batch_size,
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=cfg.gpus_per_actor,
-            batch_format="numpy",
-            max_restarts=cfg.max_restarts,
-            max_task_retries=cfg.max_restarts,
-        )
+        return pool_map(ds, HFGenerator, {"cfg": self.cfg.model_dump()}, self.cfg)

@@ -111,22 +111,11 @@ class RenderBackend(ABC):
         self.cfg = cfg
 
     def apply(self, ds, size: int, channels: int):
-        """Lazily add `image` and `render_seconds` to a Ray Dataset of description rows: a pool of `actor_cls`
-        actors, each restarted at most `max_restarts` times (a crash that repeats ends the job with its error)."""
-        from ray.data import ActorPoolStrategy
+        """Lazily add `image` and `render_seconds` to a Ray Dataset of description rows (a pool of `actor_cls`)."""
+        from kka_ray.actor_map import pool_map
 
-        cfg = self.cfg
-        return ds.map_batches(
-            self.actor_cls,
-            fn_constructor_kwargs={"cfg": cfg.model_dump(), "size": size, "channels": channels},
-            compute=ActorPoolStrategy(size=cfg.actors),
-            batch_size=cfg.batch_size,
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=cfg.gpus_per_actor,
-            batch_format="numpy",
-            max_restarts=cfg.max_restarts,
-            max_task_retries=cfg.max_restarts,
-        )
+        return pool_map(ds, self.actor_cls, {"cfg": self.cfg.model_dump(), "size": size, "channels": channels},
+                        self.cfg)
 
     @abstractmethod
     def model_id(self) -> str:
