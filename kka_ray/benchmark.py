@@ -25,6 +25,7 @@ from kka_ray.config import (
 )
 from kka_ray.data import build_dataset, make_task
 from kka_ray.detectors import build_detector
+from kka_ray.detectors.base import AnyDetectorConfig
 from kka_ray.metrics import auroc
 from kka_ray.records import metric_key, write_record
 from kka_ray.summary import over_classes
@@ -40,7 +41,8 @@ class BenchmarkConfig(Strict):
         "classes that are normal together (UCM's protocol)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train normals held out (KKA's Eq. 6)")
-    detector: DeepSADConfig = Field(default_factory=DeepSADConfig)
+    detector: AnyDetectorConfig = Field(default_factory=DeepSADConfig, description="Any registered detector's "
+                                        "config, chosen by its `name`")
     oracle_anomalies: int = Field(0, ge=0, description="If > 0, also fit with this many real anomalies from "
                                   "the other classes' *training* split: the upper bound for generated ones")
     run_dir: str = Field("runs", description="Outputs go to <run_dir>/<name>/")

@@ -104,9 +104,20 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return out
 
 
+def _errors(err: ValidationError, outer: tuple = ()):
+    """Every error with its full location; a config validated inside a validator (a registry's config chosen
+    by name) contributes its own errors, under the field that holds it."""
+    for e in err.errors():
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, ValidationError):
+            yield from _errors(inner, outer + tuple(e["loc"]))
+        else:
+            yield {**e, "loc": outer + tuple(e["loc"])}
+
+
 def describe_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
-    for e in err.errors():
+    for e in _errors(err):
         field = ".".join(str(p) for p in e["loc"]) or "(root)"
         value = e.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"

@@ -98,3 +98,42 @@ def gains_plot(gains: dict[str, np.ndarray], ylabel: str, title: str) -> bytes:
     ax.set_title(title)
     fig.tight_layout()
     return _png(fig)
+
+
+def tsne_panels(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str, seed: int = 0) -> bytes:
+    """The paper's Fig. 5: per panel, a 2-d t-SNE (scikit-learn) of embeddings with targets 0 = normal,
+    1 = anomaly."""
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (label, (x, targets)) in zip(axes[0], panels.items(), strict=True):
+        xy = TSNE(2, init="pca", perplexity=min(30, (len(x) - 1) / 3), random_state=seed).fit_transform(x)
+        for t, name, color in ((0, "test normal", "tab:blue"), (1, "test anomaly", "tab:red")):
+            ax.scatter(*xy[targets == t].T, s=5, alpha=0.6, color=color, label=name)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, markerscale=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def training_curves(curves: dict[str, dict[str, list[float]]], title: str) -> bytes:
+    """The paper's Fig. 6: per run, the training loss and the validation separation against epochs."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for label, c in curves.items():
+        a.plot(range(1, len(c["loss"]) + 1), c["loss"], "o-", ms=3, label=label)
+        if c.get("separation"):
+            b.plot(range(1, len(c["separation"]) + 1), c["separation"], "o-", ms=3, label=label)
+    a.set_xlabel("epoch")
+    a.set_ylabel("training loss")
+    a.legend(fontsize=8)
+    b.set_xlabel("epoch")
+    b.set_ylabel("AUROC, validation normals vs\nunused generated anomalies")
+    b.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)

@@ -37,13 +37,15 @@ def machine() -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD, with "+modified" when tracked files differ from it; None outside a git checkout (a `ray job submit`
-    working dir has no .git)."""
+    """HEAD, with "+modified" when tracked files other than the records differ from it (a job that writes
+    records as it goes would otherwise mark its own later records); None outside a git checkout (a `ray job
+    submit` working dir has no .git)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "HEAD") + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/results")
+        return git("rev-parse", "HEAD") + ("+modified" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -85,6 +87,8 @@ def write_record(
         text = json.dumps(record, indent=2, allow_nan=False)  # NaN is not JSON: missing values must be None
     except ValueError as e:
         raise ValueError(f"record {name}: {e} (outside metrics; use None for a missing value)") from None
-    (out / f"{name}.json").write_text(text + "\n")
-    (out / f"{name}.md").write_text(markdown)
+    for path, content in ((out / f"{name}.json", text + "\n"), (out / f"{name}.md", markdown)):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(content)
+        tmp.replace(path)  # a reader never sees half a record
     return out / f"{name}.json"

@@ -76,9 +76,12 @@ class RunStore:
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
 
-    def read_text(self, rel: str) -> str:
+    def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
-            return f.read().decode()
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
 
     def write_json(self, rel: str, obj) -> None:
         self.write_text(rel, json.dumps(obj, indent=2) + "\n")

@@ -49,13 +49,30 @@ def test_file_errors(tmp_path):
         apply_overrides({}, ["novalue"])
 
 
-def test_every_shipped_config_is_valid():
+@pytest.mark.parametrize("folder, model", [
+    ("scaling", "kka_ray.scaling:ScalingConfig"),
+    ("benchmark", "kka_ray.benchmark:BenchmarkConfig"),
+    ("table2", "kka_ray.table2:Table2Config"),
+    ("kka", "kka_ray.loop:KKAConfig"),
+])
+def test_every_shipped_config_is_valid(folder, model):
+    import importlib
     from pathlib import Path
 
-    files = sorted(Path(__file__).parents[1].glob("configs/benchmark/*.yaml"))
+    module, cls = model.split(":")
+    files = sorted(Path(__file__).parents[1].glob(f"configs/{folder}/*.yaml"))
     assert files
     for f in files:
-        load_config(BenchmarkConfig, f)
+        if folder == "kka" and f.name.startswith("bench_"):  # a loop benchmark: it and the runs it makes
+            from kka_ray.loop_bench import LoopBenchConfig, base_loop
+
+            base_loop(load_config(LoopBenchConfig, f))
+        elif folder == "kka" and f.name.startswith("fig4_"):
+            from kka_ray.fig4 import Fig4Config
+
+            load_config(Fig4Config, f)
+        else:
+            load_config(getattr(importlib.import_module(module), cls), f)
 
 
 def test_record_fields_and_validation(tmp_path):
@@ -84,3 +101,11 @@ def test_backend_names_are_checked_against_their_registry(model, field, value):
     module, cls = model.split(":")
     with pytest.raises(ConfigError, match=rf"{field}.*unknown .* '{value}'; registered"):
         load_config(getattr(importlib.import_module(module), cls), None, [f"{field}={value}"])
+
+
+def test_scaling_needs_a_trainable_detector():
+    from kka_ray.detectors.knn import KNNConfig
+    from kka_ray.scaling import with_workers
+
+    with pytest.raises(ValueError, match="'knn' has no `train`"):
+        with_workers(KNNConfig(), 2)

@@ -1,6 +1,6 @@
 """Detectors by registry. Adding one: a package with a `@DETECTORS.register` class, imported here."""
 
-from kka_ray.detectors import deepsad  # noqa: F401  (registers deepsad)
+from kka_ray.detectors import deepsad, knn, recontrast, simplenet, ssd  # noqa: F401  (each registers itself)
 from kka_ray.detectors.base import DETECTORS, Detector
 
 __all__ = ["DETECTORS", "Detector", "build_detector"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, SerializeAsAny
 
 from kka_ray.data.base import ImageSet
 from kka_ray.registry import Registry
@@ -22,7 +22,8 @@ class Detector(ABC):
 
     @abstractmethod
     def fit(self, normals: ImageSet, anomalies: ImageSet | None, *, seed: int, workdir: Path) -> dict:
-        """Train; returns the final training metrics."""
+        """Train; returns the final training metrics ("generated": the detector's own synthetic anomalies,
+        where it makes any)."""
 
     @abstractmethod
     def score(self, images: np.ndarray) -> np.ndarray:
@@ -30,3 +31,18 @@ class Detector(ABC):
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
+
+
+def detector_config(value: Any) -> BaseModel:
+    """A mapping with a registered `name` (default deepsad) -> that detector's config class."""
+    if isinstance(value, BaseModel):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"a detector config is a mapping with a `name`, got {value!r}")
+    # A ValidationError here reaches the outer config's error as its cause; config.describe_errors prints each
+    # inner error under the full field path.
+    return DETECTORS.get(DETECTORS.check(value.get("name", "deepsad"))).config_cls.model_validate(value)
+
+
+AnyDetectorConfig = Annotated[SerializeAsAny[BaseModel], BeforeValidator(detector_config)]
+"""A config field that takes any registered detector's config, chosen by its `name`."""

@@ -1,0 +1,91 @@
+"""SSD as a registered detector: contrastive training (Ray Train), features (Ray Data), Mahalanobis distance to
+the nearest cluster of training normals.
+
+CPU profile, not the paper's raw-data SSD: the encoder starts from the offline ImageNet Lite0 weights and trains
+for a few epochs (`backbone.pretrained: false` and 500 epochs is the paper's setting, for GPUs).
+
+With anomalies: SSD's own few-shot extension SSD_k. The encoder is not retrained; each given anomaly is
+embedded under `anomaly_views` random training views, one Ledoit-Wolf Gaussian is fitted to them, and the
+score becomes (distance to the normals) - (distance to the anomalies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import ray
+from pydantic import Field
+
+from kka_ray.actor_map import map_images
+from kka_ray.config import Strict
+from kka_ray.data.base import ImageSet
+from kka_ray.detectors import trainer
+from kka_ray.detectors.backbone import BackboneConfig
+from kka_ray.detectors.base import DETECTORS, Detector
+from kka_ray.detectors.ssd import train
+from kka_ray.detectors.ssd.model import Gaussians, Standardiser
+
+
+class SSDConfig(Strict):
+    """SSD (Sehwag et al. 2021)."""
+
+    name: Literal["ssd"] = Field("ssd", description="Detector; one config class per registered detector")
+    backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(image_size=64, taps=["head"]),
+                                     description="The encoder (trained); its taps are pooled into h")
+    proj_dim: int = Field(128, ge=8, description="Projection head output (the contrastive space)")
+    temperature: float = Field(0.5, gt=0, description="NT-Xent temperature (paper: 0.5)")
+    epochs: int = Field(15, ge=1, description="Training epochs (paper: 500 from scratch)")
+    warmup_epochs: int = Field(1, ge=0, description="Epochs of linear lr warm-up")
+    batch_size: int = Field(128, ge=2, description="Images per step (2 views each)")
+    lr: float = Field(0.05, gt=0, description="SGD learning rate (paper: 0.5 at batch 512 from scratch; lower "
+                      "here because the encoder starts from ImageNet weights)")
+    weight_decay: float = Field(1e-4, ge=0)
+    clusters: int = Field(1, ge=1, description="k-means clusters of the normals' features (paper's default 1)")
+    anomaly_views: int = Field(10, ge=1, description="With anomalies (SSD_k): random views embedded per anomaly")
+    score_actors: int = Field(1, ge=1, description="Ray Data actors that embed with the checkpoint")
+    score_batch_size: int = Field(256, ge=1)
+    train: trainer.TrainWorkers = Field(default_factory=trainer.TrainWorkers)
+
+
+@DETECTORS.register("ssd")
+class SSD(Detector):
+    config_cls = SSDConfig
+    cfg: SSDConfig
+
+    def __init__(self, cfg: SSDConfig):
+        super().__init__(cfg)
+        self.checkpoint: ray.train.Checkpoint | None = None
+
+    def features(self, images: np.ndarray, view_seed: int | None = None) -> np.ndarray:
+        cfg = self.cfg
+        return map_images(images, train.SSDFeatures,
+                          {"checkpoint": self.checkpoint, "cfg": cfg, "view_seed": view_seed}, output="feature",
+                          actors=cfg.score_actors, batch_size=cfg.score_batch_size, num_cpus=1)
+
+    def fit(self, normals: ImageSet, anomalies: ImageSet | None, *, seed: int, workdir: Path) -> dict:
+        cfg = self.cfg
+        result = trainer.fit(train.train_loop_per_worker,
+                             {"cfg": cfg.model_dump(), "seed": seed, "data": ray.put(normals.images)},
+                             cfg.train, "ssd", workdir)
+        self.checkpoint = result.checkpoint
+        h = self.features(normals.images)
+        self.standardise = Standardiser(h)
+        self.normal = Gaussians(self.standardise(h), cfg.clusters, seed)
+        self.anomaly = None
+        if anomalies is not None and len(anomalies):
+            repeated = np.repeat(anomalies.images, cfg.anomaly_views, axis=0)
+            self.anomaly = Gaussians(self.standardise(self.features(repeated, view_seed=seed)), 1, seed)
+        return {**result.metrics, "anomalies": 0 if anomalies is None else len(anomalies)}
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        if self.checkpoint is None:
+            raise RuntimeError("SSD: score() called before fit()")
+        x = self.standardise(self.features(images))
+        scores = self.normal.distance(x)
+        if self.anomaly is not None:
+            scores = scores - self.anomaly.distance(x)
+        if not np.isfinite(scores).all():
+            raise FloatingPointError(f"SSD {self.checkpoint.path}: {int((~np.isfinite(scores)).sum())} scores are "
+                                     "NaN or infinite (the fit diverged); lower lr")
+        return scores

@@ -1,0 +1,94 @@
+"""Every registered detector, anomalib-style: a tiny task fitted with and without anomalies, scores in input
+order, an obvious outlier ranked above held-out normals."""
+
+import numpy as np
+import pytest
+
+from kka_ray.data import build_dataset, make_task
+from kka_ray.detectors import DETECTORS, build_detector
+from kka_ray.metrics import auroc
+
+# The smallest config of each registered detector that still learns something on 28 px images.
+TINY = {
+    "deepsad": {"epochs": 3, "ae_epochs": 1, "batch_size": 64, "lr": 1e-3, "lr_milestones": [],
+                "score_batch_size": 128},
+    "knn": {"backbone": {"image_size": 32, "taps": ["head"], "batch_size": 64}},
+    "recontrast": {"backbone": {"image_size": 32, "taps": ["b2", "b4", "b10"]}, "bottleneck": 64, "steps": 30,
+                   "batch_size": 16, "log_every": 10},
+    "simplenet": {"backbone": {"image_size": 32, "taps": ["b4", "b10"], "batch_size": 64}, "pre_dim": 64,
+                  "dim": 64, "hidden": 64, "epochs": 3, "batch_size": 16},
+    "ssd": {"backbone": {"image_size": 32, "taps": ["head"]}, "epochs": 2, "batch_size": 64, "anomaly_views": 2,
+            "score_batch_size": 128},
+}
+
+
+def tiny_config(name: str):
+    return DETECTORS.get(name).config_cls(**TINY[name])
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    task = make_task(build_dataset("fashion_mnist"), "fashion_mnist", ["trouser"], seed=0)
+    keep = np.sort(np.random.default_rng(0).choice(len(task.test), 300, replace=False))
+    return task, task.train_normal.subset(np.arange(256)), task.test.subset(keep), task.test_targets[keep]
+
+
+def test_every_registered_detector_has_a_tiny_config():
+    assert sorted(TINY) == DETECTORS.names()
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("with_anomalies", [False, True], ids=["none", "anomalies"])
+def test_fit_and_score_a_tiny_task(ray_local, tiny_task, tmp_path, name, with_anomalies):
+    task, normals, test, targets = tiny_task
+    det = build_detector(tiny_config(name))
+    det.fit(normals, task.oracle_anomalies(32) if with_anomalies else None, seed=0, workdir=tmp_path)
+    # One batch: the test images, 100 held-out normals, and an obvious outlier (a white square on black).
+    outlier = np.zeros((1, *normals.shape), np.uint8)
+    outlier[0, 6:22, 6:22] = 255
+    images = np.concatenate([test.images, task.val_normal.images[:100], outlier])
+    scores = det.score(images)
+    assert scores.shape == (len(images),) and np.isfinite(scores).all()
+    perm = np.random.default_rng(1).permutation(len(images))
+    np.testing.assert_allclose(det.score(images[perm]), scores[perm], rtol=1e-4, atol=1e-6)
+    assert auroc(targets, scores[:len(test)]) > 0.7  # trousers against the rest are easy even for tiny fits
+    assert scores[-1] > np.quantile(scores[len(test):-1], 0.9)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_score_before_fit_is_an_error(name):
+    with pytest.raises(RuntimeError, match="before fit"):
+        build_detector(tiny_config(name)).score(np.zeros((1, 28, 28, 1), np.uint8))
+
+
+def test_a_hub_backbone_from_a_local_folder_gives_the_tapped_maps(tmp_path):
+    """The users' path (a transformers AutoBackbone id or folder), with a tiny random ResNet saved locally."""
+    import torch
+    from transformers import ResNetBackbone, ResNetConfig
+
+    from kka_ray.detectors.backbone import BackboneConfig, build_backbone, to_input
+
+    ResNetBackbone(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                out_features=["stage4"])).save_pretrained(tmp_path / "resnet")
+    net = build_backbone(BackboneConfig(name=str(tmp_path / "resnet"), taps=["stage2", "stage3"])).eval()
+    assert net.channels() == [16, 32]
+    with torch.no_grad():
+        maps = net(to_input(np.zeros((2, 28, 28, 1), np.uint8), 64, net.normalise))
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 8, 8), (2, 32, 4, 4)]
+
+
+def test_an_unreachable_hub_backbone_is_an_error_not_a_fallback(monkeypatch):
+    from kka_ray.detectors.backbone import BackboneConfig, build_backbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="(?s)backbone 'no-such-org/no-such-net' .* cannot be loaded.*lite0"):
+        build_backbone(BackboneConfig(name="no-such-org/no-such-net", taps=["stage2"]))
+
+
+def test_lite0_taps_are_checked():
+    from kka_ray.detectors.backbone import BackboneConfig
+
+    with pytest.raises(ValueError, match="taps are b0..b15 and head"):
+        BackboneConfig(taps=["layer2"])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        BackboneConfig(image_size=112, taps=["head"])

@@ -1,0 +1,77 @@
+"""The Table II job end to end on a tiny config: KKA's set read from a loop run, noise and oracle sets sized
+like it, every detector and variant fitted, a record with the issue's keys, resumable and extendable."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from test_detectors import TINY
+
+from kka_ray.config import ConfigError
+from kka_ray.table2 import Table2Config, run_table2
+
+
+def tiny_table2(tmp_path, runs, variants):
+    return Table2Config.model_validate({
+        "name": "table2-tiny", "classes": ["shirt"], "seeds": [3], "run_dir": str(tmp_path / "bench"),
+        "results_dir": str(tmp_path / "results"), "kka_rep": {"folder": str(runs)},
+        "detectors": {"sad": {"name": "deepsad", **TINY["deepsad"]}, "knn": {"name": "knn", **TINY["knn"]},
+                      "simplenet": {"name": "simplenet", **TINY["simplenet"]}},
+        "variants": variants, "figures": {"detector": "simplenet" if "simplenet" in variants else None,
+                                          "samples": 40, "monitor_anomalies": 20}})
+
+
+@pytest.fixture
+def loop_runs(tiny_run, tmp_path):
+    """The session's tiny loop run (shirt, seed 3) in a loop benchmark's layout."""
+    cfg, _ = tiny_run
+    runs = tmp_path / "loops"
+    shutil.copytree(f"{cfg.run_dir}/{cfg.name}", runs / "shirt-seed3")
+    return runs
+
+
+def test_table2_end_to_end(ray_local, loop_runs, tmp_path):
+    variants = {"sad": ["none", "kka_rep"], "knn": ["noise", "oracle"], "simplenet": ["none", "kka_rep"]}
+    cfg = tiny_table2(tmp_path, loop_runs, variants)
+    metrics = run_table2(cfg, command="pytest", progress=False)
+    for key in ("auroc_sad_none", "auroc_sad_kka_rep", "gain_sad_kka_rep", "auroc_knn_noise", "auroc_knn_oracle",
+                "generated_sad_kka_rep", "given_sad_kka_rep", "fit_minutes_sad", "fit_minutes_knn", "classes"):
+        assert key in metrics, key
+    record = json.loads((tmp_path / "results" / "table2-tiny.json").read_text())
+    assert record["kka_runs"] == [f"{loop_runs}/shirt-seed3/iter_2"]
+    table = pd.read_parquet(tmp_path / "bench" / "table2-tiny" / "results.parquet")
+    assert len(table) == 6
+    given = table.set_index(["detector", "variant"])["given"]
+    n = given[("sad", "kka_rep")]
+    assert n > 0 and given[("knn", "noise")] == n and given[("knn", "oracle")] == n and given[("sad", "none")] == 0
+    assert metrics["gain_sad_kka_rep"] == pytest.approx(metrics["auroc_sad_kka_rep"] - metrics["auroc_sad_none"])
+    # Fig. 5 and 6 from the simplenet fits of the first task, with a separation point per epoch.
+    assert "table2-tiny-fig5.png" in (tmp_path / "results" / "table2-tiny.md").read_text()
+    assert (tmp_path / "results" / "table2-tiny-fig6.png").stat().st_size > 0
+    curve = json.loads(table.set_index(["detector", "variant"]).loc[("simplenet", "kka_rep"), "monitor_curve"])
+    assert len(curve) == TINY["simplenet"]["epochs"] and all(0 <= x <= 1 for x in curve)
+    # More variants extend the table: only the new fit runs.
+    more = tiny_table2(tmp_path, loop_runs, {**variants, "knn": ["noise", "oracle", "none"]})
+    run_table2(more, command="pytest", progress=False)
+    assert len(pd.read_parquet(tmp_path / "bench" / "table2-tiny" / "results.parquet")) == 7
+    # Any other change is another benchmark.
+    changed = more.model_copy(update={"seeds": [4]})
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_table2(changed, command="pytest", progress=False)
+
+
+def test_table2_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="not configured"):
+        tiny_table2(tmp_path, tmp_path, {"ssd": ["none"]})
+    with pytest.raises(ValueError, match="sized like KKA"):
+        Table2Config.model_validate({"detectors": {"knn": {"name": "knn"}}, "variants": {"knn": ["noise"]},
+                                     "figures": {"detector": None}})
+    with pytest.raises(ValueError, match="figures.detector 'simplenet' is not one of the detectors run"):
+        Table2Config.model_validate({"detectors": {"knn": {"name": "knn"}}, "variants": {"knn": ["none"]}})
+
+
+def test_missing_loop_run_is_named(ray_local, tmp_path):
+    cfg = tiny_table2(tmp_path, tmp_path / "nowhere", {"knn": ["kka_rep"]})
+    with pytest.raises(FileNotFoundError, match="no finished KKA loop run for class 'shirt', seed 3"):
+        run_table2(cfg, command="pytest", progress=False)
