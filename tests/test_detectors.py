@@ -38,21 +38,34 @@ def test_every_registered_detector_has_a_tiny_config():
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-@pytest.mark.parametrize("with_anomalies", [False, True], ids=["none", "anomalies"])
-def test_fit_and_score_a_tiny_task(ray_local, tiny_task, tmp_path, name, with_anomalies):
+def test_fit_and_score_a_tiny_task_without_and_with_anomalies(ray_local, tiny_task, tmp_path, name):
     task, normals, test, targets = tiny_task
-    det = build_detector(tiny_config(name))
-    det.fit(normals, task.oracle_anomalies(32) if with_anomalies else None, seed=0, workdir=tmp_path)
-    # One batch: the test images, 100 held-out normals, and an obvious outlier (a white square on black).
+    anomalies = task.oracle_anomalies(32)
+    # One batch: the test images, 100 held-out normals, the training anomalies and an obvious outlier (a white
+    # square on black).
     outlier = np.zeros((1, *normals.shape), np.uint8)
     outlier[0, 6:22, 6:22] = 255
-    images = np.concatenate([test.images, task.val_normal.images[:100], outlier])
+    images = np.concatenate([test.images, task.val_normal.images[:100], anomalies.images, outlier])
+    n_test, held_out, given = len(test), slice(len(test), len(test) + 100), slice(len(test) + 100, -1)
+
+    def separation(scores):  # how far the given anomalies rank above held-out normals
+        return auroc(np.r_[np.zeros(100), np.ones(32)], np.r_[scores[held_out], scores[given]])
+
+    det = build_detector(tiny_config(name))
+    det.fit(normals, None, seed=0, workdir=tmp_path)
     scores = det.score(images)
     assert scores.shape == (len(images),) and np.isfinite(scores).all()
     perm = np.random.default_rng(1).permutation(len(images))
     np.testing.assert_allclose(det.score(images[perm]), scores[perm], rtol=1e-4, atol=1e-6)
-    assert auroc(targets, scores[:len(test)]) > 0.7  # trousers against the rest are easy even for tiny fits
-    assert scores[-1] > np.quantile(scores[len(test):-1], 0.9)
+    assert auroc(targets, scores[:n_test]) > 0.7  # trousers against the rest are easy even for tiny fits
+    assert scores[-1] > np.quantile(scores[held_out], 0.9)
+
+    with_anomalies = build_detector(tiny_config(name))
+    with_anomalies.fit(normals, anomalies, seed=0, workdir=tmp_path)
+    trained = with_anomalies.score(images)
+    assert np.isfinite(trained).all() and auroc(targets, trained[:n_test]) > 0.7
+    # The anomalies changed the model, and what it was told is anomalous ranks no lower than before.
+    assert not np.allclose(trained, scores) and separation(trained) >= separation(scores)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
