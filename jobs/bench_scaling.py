@@ -1,19 +1,10 @@
 """Fit time of one detector with 1 and 2 Ray Train workers (record scaling-<detector>).
 
-    python jobs/bench_scaling.py --config configs/scaling/ssd.yaml
+Entry point for `python jobs/bench_scaling.py` and `ray job submit -- python jobs/bench_scaling.py`; the code and
+its options: kka_ray/commands/bench_scaling.py (`--help`).
 """
 
-from kka_ray.cli import parse_config, parser
-from kka_ray.records import invoked_command
-from kka_ray.scaling import ScalingConfig, run_scaling
-
-
-def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    cfg = parse_config(ScalingConfig, args)
-    metrics = run_scaling(cfg, command=invoked_command())
-    print(f"{cfg.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-
+from kka_ray.commands.bench_scaling import main
 
 if __name__ == "__main__":
     main()

@@ -1,21 +1,10 @@
 """Convert the Deep SAD checkpoints of run folders made before safetensors (deepsad.pt, a pickle) once.
 
-    python jobs/convert_checkpoints.py RUN_FOLDER [RUN_FOLDER ...]
-Only if you trust where the folders came from: the old files are read with torch's weights_only loader
-(tensors and plain values), rewritten as deepsad.safetensors, and removed.
+Entry point for `python jobs/convert_checkpoints.py` and `ray job submit -- python jobs/convert_checkpoints.py`; the
+code and its options: kka_ray/commands/convert_checkpoints.py (`--help`).
 """
 
-import sys
-
-from kka_ray.detectors.deepsad.checkpoint import convert
-
-
-def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        sys.exit(__doc__)
-    for root in sys.argv[1:]:
-        print(f"{root}: converted {len(convert(root))} checkpoint(s)")
-
+from kka_ray.commands.convert_checkpoints import main
 
 if __name__ == "__main__":
     main()

@@ -1,17 +1,10 @@
 """Run KKA's knowledge stage alone: representative normals -> LLM-written anomaly descriptions (+ rejects).
 
-    python jobs/generate_descriptions.py --config configs/knowledge/fmnist_shirt.yaml [--set generate.lm.batch_size=32]
+Entry point for `python jobs/generate_descriptions.py` and `ray job submit -- python jobs/generate_descriptions.py`;
+the code and its options: kka_ray/commands/generate_descriptions.py (`--help`).
 """
 
-from kka_ray.cli import parse_config, parser
-from kka_ray.knowledge import KnowledgeConfig, report, run_knowledge
-
-
-def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    cfg = parse_config(KnowledgeConfig, args)
-    print(report(run_knowledge(cfg)))
-
+from kka_ray.commands.generate_descriptions import main
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from pydantic import BaseModel
@@ -10,8 +11,35 @@ from pydantic import BaseModel
 from kka_ray.config import ConfigError, load_config
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def config_fields(model: type[BaseModel], prefix: str = ""):
+    """(dotted key, type, default, description) of every field of a config model, nested models flattened."""
+    for name, field in model.model_fields.items():
+        key, kind = f"{prefix}{name}", field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from config_fields(kind, f"{key}.")
+            continue
+        default = "(required)" if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):  # a config chosen by name (a detector): its own fields
+            yield from config_fields(type(default), f"{key}.")
+            continue
+        shown = kind.__name__ if type(kind) is type else str(kind).replace("typing.", "").replace("kka_ray.", "")
+        shown = re.sub(r"Annotated\[pydantic\.main\.BaseModel,.*?BeforeValidator\(.*?\)\]", "detector config",
+                       shown)
+        yield key, shown, default, field.description or ""
+
+
+def config_help(model: type[BaseModel]) -> str:
+    lines = ["configuration fields (in the --config file, or --set key=value):"]
+    for key, kind, default, description in config_fields(model):
+        shown = default if default == "(required)" else f"default {default!r}"
+        lines.append(f"  {key} ({kind}; {shown})" + (f": {description}" if description else ""))
+    return "\n".join(lines)
+
+
+def parser(description: str, model: type[BaseModel] | None = None) -> argparse.ArgumentParser:
+    """The common options; with the job's config `model`, --help also lists every field it takes."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=config_help(model) if model is not None else None)
     p.add_argument("--config", help="YAML file in configs/ (defaults apply to what it leaves out)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set detector.epochs=20 (repeatable)")

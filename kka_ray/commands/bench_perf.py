@@ -1,0 +1,155 @@
+"""Stage costs and speed on this machine: Deep SAD, the language model, DPO, streaming vs staged, the demo and
+the test suite, each through Ray and against a bare loop where that applies, with the precision choices.
+
+    python jobs/bench_perf.py --config configs/perf/cpu.yaml [--set sections=[lm,dpo]]
+Each finished section is cached in runs/perf/<section>.json with its commit (a rerun skips it; delete the file
+to measure again); the record docs/results/<record>.json is written from all cached sections.
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from kka_ray import perf
+from kka_ray.benchmark import BenchmarkConfig
+from kka_ray.cli import parse_config, parser
+from kka_ray.config import load_config
+from kka_ray.loop import KKAConfig, load_task
+from kka_ray.precision import describe
+from kka_ray.records import git_commit, invoked_command, write_record
+from kka_ray.stages.generate import generate_descriptions, normal_context
+from kka_ray.stages.select import run_select
+
+
+def timed_command(command: str) -> dict[str, float]:
+    start = time.time()
+    done = subprocess.run(command, shell=True)
+    if done.returncode != 0:
+        raise SystemExit(f"`{command}` failed with exit code {done.returncode}; nothing recorded for it")
+    return {"minutes": (time.time() - start) / 60}
+
+
+class Measure:
+    """Builds what the sections share (Ray, the task, the representatives) only when a section needs it."""
+
+    def __init__(self, cfg: KKAConfig):
+        self.cfg, self._task, self._reps = cfg, None, None
+        self.workdir = Path(tempfile.mkdtemp(prefix="kka-perf-"))
+
+    def task(self):
+        if self._task is None:
+            from kka_ray.runtime import init_ray
+
+            init_ray(self.cfg.ray)
+            self._task = load_task(self.cfg)
+            self._reps = run_select(self._task.train_normal, self.cfg.select)
+        return self._task
+
+    def section(self, name: str, pc: perf.PerfConfig) -> dict[str, float]:
+        cfg = self.cfg
+        if name == "deepsad":
+            bench = load_config(BenchmarkConfig, pc.benchmark).detector
+            return perf.deepsad(self.task(), cfg, bench, pc.timing_epochs, self.workdir)
+        if name in ("lm", "dpo", "stream"):
+            task = self.task()
+            ctx = normal_context(task, cfg.generate)
+            if name == "lm":
+                return perf.language_model(self._reps, ctx, cfg.generate)
+            if name == "stream":
+                size, _, channels = task.train_normal.shape
+                return perf.stream_vs_staged(self._reps, ctx, cfg, (size, channels), pc.stream_repeats)
+            lines = generate_descriptions(self._reps, ctx, cfg.generate).descriptions
+            pairs = perf.dpo_pairs(self._reps, ctx, cfg.generate, lines.column("sentence").to_pylist(),
+                                   pc.dpo_steps * cfg.prefer.batch_size)
+            return perf.dpo(pairs, cfg, pc.dpo_steps, self.workdir)
+        if name == "demo":
+            out = {"demo_minutes": timed_command(pc.demo_command)["minutes"]}
+            return out | perf.run_folder_costs(Path(cfg.run_dir) / cfg.name)
+        if name == "tests":
+            return {"test_minutes": timed_command(pc.test_command)["minutes"]}
+        raise SystemExit(f"sections: unknown section {name!r} (one of {', '.join(perf.SECTIONS)})")
+
+
+def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
+    m = metrics
+
+    def row(label: str, key: str, fmt: str = ".2f") -> str:
+        return f"| {label} | {format(m[key], fmt) if key in m else 'not measured'} |"
+
+    lines = [
+        "# Speed and stage costs on one CPU machine", "",
+        f"Command: `{command}`; stages configured as `{loop}`. Machine and CPU in the JSON record; each section's "
+        "commit below.", "",
+        "| section | commit | date |", "| --- | --- | --- |",
+        *[f"| {k} | {v['commit'][:12]} | {v['date']} |" for k, v in sections.items()], "",
+        "## Targets", "", "| metric | value |", "| --- | ---: |",
+        row("Deep SAD epoch, fp32 (s)", "deepsad_epoch_s_fp32"),
+        row("Deep SAD epoch, bf16 (s)", "deepsad_epoch_s_bf16"),
+        row("Deep SAD autoencoder epoch, fp32 (s)", "deepsad_ae_epoch_s_fp32"),
+        row("Deep SAD autoencoder epoch, bf16 (s)", "deepsad_ae_epoch_s_bf16"),
+        row("Deep SAD fit, Ray / bare (demo fit)", "deepsad_ray_vs_bare_ratio", ".3f"),
+        row("Deep SAD fit, Ray / bare (the detector benchmark's 40 + 80 epoch fit)",
+            "deepsad_ray_vs_bare_ratio_benchmark", ".3f"),
+        row("Ray Train's extra seconds per fit: demo fit", "deepsad_ray_fixed_s"),
+        row("Ray Train's extra seconds per fit: benchmark fit", "deepsad_ray_fixed_s_benchmark"),
+        row("LM tokens/s, Ray pool, batch 32 (target >= 110)", "lm_tokens_per_s", ".1f"),
+        row("LM Ray / bare (target >= 0.9)", "lm_ray_vs_bare_ratio", ".3f"),
+        row("DPO step (s, target <= 7)", "dpo_step_s"),
+        row("demo (minutes, target <= 10)", "demo_minutes"), row("tests (minutes, target <= 10)", "test_minutes"),
+        row("streaming / staged, images/s (target >= 0.95, median)", "stream_vs_staged_ratio", ".3f"), "",
+        "## Before and after, same prompts (bare loop, tokens/s)", "",
+        "| precision | whole prompt per row (before) | shared prefix once (after) |", "| --- | ---: | ---: |",
+        *[f"| {p} | {m.get(f'lm_tokens_per_s_{p}_plain', float('nan')):.1f} | "
+          f"{m.get(f'lm_tokens_per_s_{p}_shared', float('nan')):.1f} |" for p in ("fp32", "bf16")], "",
+        "Model load: GGUF unpacked at every start (before) "
+        f"{m.get('lm_load_s_gguf', float('nan')):.1f} s, the dequantized copy (after) "
+        f"{m.get('lm_load_s_cached', float('nan')):.2f} s. Nucleus filter per decode step: transformers "
+        f"{m.get('top_p_ms_transformers', float('nan')):.1f} ms, ours {m.get('top_p_ms_ours', float('nan')):.1f} ms.",
+        "",
+        "DPO, one 8-step round through Ray Train per variant (the loop's settings, then each change):", "",
+        "| variant | s per step | set-up s (load, reference pass) | round s | last loss | bf16 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {k.removeprefix('dpo_round_s').lstrip('_') or 'loop settings'} | "
+          + " | ".join(f"{m.get(key + k.removeprefix('dpo_round_s'), float('nan')):.{d}f}"
+                       for key, d in (("dpo_step_s", 2), ("dpo_setup_s", 1), ("dpo_round_s", 1), ("dpo_loss", 4),
+                                      ("dpo_bf16", 0))) + " |"
+          for k in sorted(m) if k.startswith("dpo_round_s")], "",
+        "## All metrics", "", "| metric | value |", "| --- | ---: |",
+        *[f"| {k} | {v:.4g} |" for k, v in sorted(m.items())], "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__.splitlines()[0], perf.PerfConfig)
+    args = p.parse_args(argv)
+    pc = parse_config(perf.PerfConfig, args)
+    loop = load_config(KKAConfig, pc.loop)
+    cache = Path(pc.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    measure = Measure(loop)
+    for name in pc.sections:
+        path = cache / f"{name}.json"
+        if path.exists():
+            print(f"[perf] {name}: cached in {path}")
+            continue
+        print(f"[perf] measuring {name}", flush=True)
+        metrics = measure.section(name, pc)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   "metrics": metrics}, indent=1))
+        os.replace(tmp, path)
+        print(f"[perf] {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()), flush=True)
+    sections = {p.stem: json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))}
+    metrics = {k: float(v) for s in sections.values() for k, v in s["metrics"].items()}
+    metrics |= {k: float(v) for k, v in describe().items() if isinstance(v, bool)}
+    command = invoked_command()
+    write_record(pc.record, metrics, markdown(metrics, sections, command, pc.loop), "docs/results",
+                 command=command, extra={"cpu_capability": describe()["cpu_capability"],
+                                         "sections": {k: {"commit": v["commit"], "date": v["date"]}
+                                                      for k, v in sections.items()},
+                                         "config": pc.model_dump(mode="json")})
+    print(f"[perf] record docs/results/{pc.record}.json ({', '.join(sections)})")

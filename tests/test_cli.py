@@ -1,0 +1,82 @@
+"""The `kka` command and the export formats, on the session's tiny run."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from kka_ray.commands import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for words in COMMANDS:
+        assert " ".join(words) in out
+
+
+def test_a_command_help_lists_its_config_fields(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "table2", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: kka bench table2" in out
+    assert "figures.detector (str | None; default 'simplenet'): Record name of the detector" in out
+    assert "detectors (dict[str, detector config]; (required))" in out
+
+
+def test_unknown_command_is_named():
+    with pytest.raises(SystemExit, match="kka: unknown command 'bench nothing'"):
+        main(["bench", "nothing"])
+
+
+def test_resume_and_report_a_finished_run(tiny_run, tmp_path, capsys):
+    cfg, state = tiny_run
+    run = tmp_path / "tiny"
+    shutil.copytree(f"{cfg.run_dir}/{cfg.name}", run)
+    main(["resume", str(run)])  # nothing left to do: it reports and stops
+    assert "done in" in capsys.readouterr().out
+    main(["report", str(run)])
+    assert "AUROC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["anomalib", "image_folder"])
+def test_export_formats(tiny_run, tmp_path, fmt):
+    from kka_ray.data import build_dataset
+    from kka_ray.store import RunStore
+
+    cfg, _ = tiny_run
+    run = f"{cfg.run_dir}/{cfg.name}"
+    a_2 = RunStore(run).read_table("iter_2/anomalies.parquet")
+    dest = tmp_path / fmt
+    main(["export", run, str(dest), "--format", fmt])
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["iteration"] == 2 and manifest["counts"]["generated"] == len(a_2)
+    if fmt == "anomalib":  # anomalib's Folder(root=dest, normal_dir="normal", abnormal_dir="abnormal")
+        assert len(list((dest / "normal").glob("*.png"))) == manifest["counts"]["normal"]
+        assert len(list((dest / "abnormal").glob("*.png"))) == len(a_2)
+    else:  # this project's own loader reads it back, captions included
+        spec = manifest["dataset_config"]
+        data = build_dataset(spec["name"], spec["root"], spec["image_size"], spec["options"])
+        train = data.load("train")
+        generated = train.class_names.index("generated_anomaly")
+        assert (train.labels == generated).sum() == len(a_2)
+        with open(dest / "captions.csv", newline="") as f:
+            captions = {row["caption"] for row in csv.DictReader(f)}
+        assert captions == set(a_2.column("sentence").to_pylist())
+        first = np.flatnonzero(train.labels == generated)[0]
+        assert np.array_equal(train.images[first], a_2.column("image").combine_chunks().to_numpy_ndarray()[0])
+        assert len(data.load("test")) == manifest["counts"]["test"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        main(["export", run, str(dest), "--format", fmt])
+
+
+def test_export_errors_name_the_problem(tiny_run, tmp_path):
+    cfg, _ = tiny_run
+    run = f"{cfg.run_dir}/{cfg.name}"
+    with pytest.raises(ValueError, match="iteration 7 is not finished"):
+        main(["export", run, str(tmp_path / "x"), "--format", "anomalib", "--iteration", "7"])
+    with pytest.raises(FileNotFoundError, match="not a KKA run folder"):
+        main(["export", str(tmp_path), str(tmp_path / "y"), "--format", "anomalib"])
