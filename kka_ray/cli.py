@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -44,10 +45,25 @@ def parser(description: str, model: type[BaseModel] | None = None) -> argparse.A
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set detector.epochs=20 (repeatable)")
     p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else a local Ray)")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("--verbose", action="store_true", help="also Ray's own INFO lines (worker groups, checkpoints, "
+                      "execution plans)")
+    loud.add_argument("--quiet", action="store_true", help="warnings, errors and the final report only (no progress "
+                      "lines or bars)")
     return p
 
 
+def set_verbosity(args: argparse.Namespace) -> None:
+    """--verbose / --quiet as environment for this process and the local Ray it starts: KKA_LOG_LEVEL for Ray's
+    loggers, KKA_PROGRESS for progress bars, KKA_QUIET for the project's progress lines."""
+    if getattr(args, "verbose", False):
+        os.environ["KKA_LOG_LEVEL"] = "INFO"
+    if getattr(args, "quiet", False):
+        os.environ.update(KKA_LOG_LEVEL="ERROR", KKA_PROGRESS="0", KKA_QUIET="1")
+
+
 def parse_config(model: type[BaseModel], args: argparse.Namespace):
+    set_verbosity(args)
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"ray.address={args.address}")

@@ -7,6 +7,8 @@ import time
 import ray.train
 import torch
 
+from kka_ray.runtime import quiet
+
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DDP (for saving or inspection; train through the wrapper so gradients are synced)."""
@@ -39,7 +41,7 @@ class Progress:
     def __init__(self, phase: str, steps: int):
         self.phase, self.steps, self.start = phase, steps, time.time()
         self.every = max(1, steps // 10)
-        self.rank0 = world_rank() == 0
+        self.rank0 = world_rank() == 0 and not quiet()
 
     def __call__(self, step: int, loss: float) -> None:
         if self.rank0 and ((step + 1) % self.every == 0 or step + 1 == self.steps):

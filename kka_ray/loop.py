@@ -40,6 +40,7 @@ from kka_ray.metrics import auroc
 from kka_ray.paths import model_location
 from kka_ray.render import RenderConfig, resolve_render
 from kka_ray.resources import peak_rss_mb
+from kka_ray.runtime import quiet
 from kka_ray.stages.evaluate import (
     SplitConfig,
     anomaly_set,
@@ -162,7 +163,8 @@ def open_run(cfg: KKAConfig, resume: bool, take_over: bool = False) -> LoopState
 
 
 def _say(msg: str) -> None:
-    print(f"[kka] {msg}", flush=True)
+    if not quiet():
+        print(f"[kka] {msg}", flush=True)
 
 
 def _test_auroc(det, task) -> float:

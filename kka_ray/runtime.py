@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from kka_ray.config import RayConfig
@@ -23,6 +24,29 @@ _ENV_DEFAULTS = {
 }
 
 
+# Ray's own INFO lines (Ray Train's worker-group start-up and checkpoint reports, Ray Data's execution plans)
+# repeat for every fit and every pool; the project prints its own progress. KKA_LOG_LEVEL (--verbose / --quiet)
+# sets the level of Ray's Python loggers in the driver and of Ray Train's in its controller and workers.
+RAY_LOGGERS = ("ray.train", "ray.data", "ray.tune", "ray.air")
+
+
+def ray_log_level() -> str:
+    return os.environ.get("KKA_LOG_LEVEL", "WARNING").upper()
+
+
+def quiet_ray_loggers() -> None:
+    """The driver's Ray loggers at KKA_LOG_LEVEL."""
+    import logging
+
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(ray_log_level())
+
+
+def quiet() -> bool:
+    """--quiet: no progress lines (warnings, errors and final reports still print)."""
+    return os.environ.get("KKA_QUIET", "0") == "1"
+
+
 def set_env_defaults() -> None:
     for k, v in _ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
@@ -37,6 +61,7 @@ def init_ray(cfg: RayConfig | None = None):
     import ray
 
     set_env_defaults()
+    quiet_ray_loggers()
     if ray.is_initialized():
         return ray
     cfg = cfg or RayConfig()
@@ -50,6 +75,56 @@ def init_ray(cfg: RayConfig | None = None):
             include_dashboard=False,
             object_store_memory=cfg.object_store_mb * 2**20,
             log_to_driver=True,
+            runtime_env={"env_vars": {k: os.environ[k] for k in ("KKA_QUIET",) if k in os.environ}},
         )
     ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("KKA_PROGRESS", "1") == "1"
     return ray
+
+
+def dashboard_running() -> bool:
+    """Whether the connected Ray has a dashboard (and with it the State API)."""
+    import ray._private.worker
+
+    return bool(ray._private.worker.get_dashboard_url())
+
+
+def trainer_cls():
+    """Ray Train's TorchTrainer with its log level from KKA_LOG_LEVEL, and without its placement-group cleaner on
+    a Ray without a dashboard: the cleaner (Ray 2.60) polls the State API, which lives in the dashboard, and there
+    it crashes with a 30-line traceback on every fit, cleaning nothing. With a dashboard (a `ray start` head, a
+    cluster) it is kept."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class Trainer(TorchTrainer):
+        def __init__(self, train_loop_per_worker, *args, run_config=None, **kwargs):
+            from ray.train import LoggingConfig, RunConfig
+
+            run_config = run_config or RunConfig()
+            run_config.logging_config = LoggingConfig(log_level=ray_log_level())  # its controller and workers
+            super().__init__(_quiet_worker(train_loop_per_worker, ray_log_level()), *args, run_config=run_config,
+                             **kwargs)
+
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if dashboard_running():
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
+
+
+def _quiet_worker(loop, level: str):
+    """`loop(config)` with Ray Train's per-report INFO line at `level` too: it logs through a logger named by
+    its file path, outside `ray.train` (Ray 2.60), which LoggingConfig does not reach."""
+
+    @functools.wraps(loop)
+    def run(config):
+        import logging
+
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(level)
+        return loop(config)
+
+    return run

@@ -12,9 +12,9 @@ import ray
 import ray.train
 from pydantic import Field
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from kka_ray.config import Strict
+from kka_ray.runtime import trainer_cls
 
 
 class TrainWorkers(Strict):
@@ -31,7 +31,7 @@ class TrainWorkers(Strict):
 def fit(loop: Callable[[dict], None], config: dict, workers: TrainWorkers, name: str, workdir: Path):
     """`loop(config)` on every worker; returns Ray Train's Result (metrics and checkpoint of rank 0's last
     report)."""
-    trainer = TorchTrainer(
+    trainer = trainer_cls()(
         loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,

@@ -29,6 +29,7 @@ from kka_ray.prior.model import (
     save_prior,
     text_components,
 )
+from kka_ray.runtime import trainer_cls
 
 PIPELINE_DIR = "pipeline"
 
@@ -159,10 +160,9 @@ def train_prior(cfg: PriorConfig, out: Path, workdir: Path) -> tuple[Path, dict]
     with the corpus's summary."""
     from diffusers import StableDiffusionPipeline
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+    
     corpus = build_corpus(cfg.corpus)
-    trainer = TorchTrainer(
+    trainer = trainer_cls()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(), "corpus": ray.put(corpus)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

@@ -36,6 +36,7 @@ from kka_ray.config import Strict
 from kka_ray.llm import LMConfig
 from kka_ray.precision import BF16_DESCRIPTION, Bf16, resolve_bf16
 from kka_ray.resources import peak_rss_mb
+from kka_ray.runtime import trainer_cls
 from kka_ray.stages.generate import GenerateConfig, messages_for
 
 
@@ -265,12 +266,11 @@ def run_dpo(pairs: pa.Table, lm: LMConfig, cfg: PreferConfig, *, seed: int, work
     means over all the round's steps, `heldout_loss`, `heldout_reward_margin` and `heldout_reward_accuracy` the
     held-out pairs' after it; trl's own keys (`loss`, `rewards/margins`, ...) are its last step's."""
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     pairs, heldout = split_pairs(pairs)
     if len(pairs) == 0:
         raise ValueError("DPO needs at least one preference pair (no hard or no easy anomaly this iteration)")
-    trainer = TorchTrainer(
+    trainer = trainer_cls()(
         dpo_loop_per_worker,
         train_loop_config={"prefer": cfg.model_dump(), "lm": lm.model_dump(), "seed": seed,
                            "pairs": ray.put(dpo_records(pairs)), "heldout": ray.put(dpo_records(heldout))},

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from kka_ray.actor_map import map_images
 from kka_ray.config import DeepSADConfig
@@ -17,6 +16,7 @@ from kka_ray.detectors.base import DETECTORS, Detector
 from kka_ray.detectors.deepsad.loss import ANOMALY, NORMAL
 from kka_ray.detectors.deepsad.networks import net_spec
 from kka_ray.detectors.deepsad.train import DeepSADScorer, train_loop_per_worker
+from kka_ray.runtime import trainer_cls
 
 
 def training_arrays(normals: ImageSet, anomalies: ImageSet | None) -> dict[str, np.ndarray]:
@@ -57,7 +57,7 @@ class DeepSAD(Detector):
         if h != w:
             raise ValueError(f"Deep SAD needs square images, got {h}x{w}")
         spec = net_spec(cfg.net, ch, h, cfg.rep_dim)
-        trainer = TorchTrainer(
+        trainer = trainer_cls()(
             train_loop_per_worker,
             train_loop_config={
                 "cfg": cfg.model_dump(),

@@ -104,7 +104,7 @@ def fit_deep_sad(data: dict, spec: NetSpec, cfg: DeepSADConfig, seed: int, pretr
     prepare_model / prepare_data_loader (DDP, sharding); the identities give the bare loop the perf benchmark
     compares it with. `resume` / `save`: restart checkpoints (a `phase` of "ae" or "sad" and its state)."""
     torch.manual_seed(seed)
-    dataset = TensorDataset(to_tensor(data["images"]), torch.from_numpy(data["semi_targets"]))
+    dataset = TensorDataset(to_tensor(data["images"]), torch.tensor(data["semi_targets"]))
     gen = torch.Generator().manual_seed(seed)
     loader = prepare_loader(DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen))
     metrics = {"epochs": cfg.epochs, "bf16": float(cfg.bf16)}
