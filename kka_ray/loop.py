@@ -55,6 +55,7 @@ from kka_ray.stages.render import anomaly_stream, collect
 from kka_ray.stages.select import Representative, SelectConfig, representatives_table, run_select
 from kka_ray.stages.update import UpdateConfig, origin_counts, update_anomalies
 from kka_ray.store import RunLocked, RunStore
+from kka_ray.tracking import Tracker, TrackingConfig
 
 STATE = "state.json"
 BASELINE_JUDGE = "baseline/evaluator"  # theta_C without anomalies, the judge of N_0
@@ -84,6 +85,7 @@ class KKAConfig(Strict):
                                    "pretraining of the fit without anomalies (on the train normals) instead of "
                                    "pretraining again on normals + A_t: the pretraining is an unsupervised "
                                    "initialisation, and repeating it cost a third of each fit")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking of the run")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
@@ -97,7 +99,7 @@ class LoopState:
 
 
 # What a resumed run may change: where it runs, and how many iterations it goes to.
-RESUMABLE = ("ray.", "train_storage", "update.iterations")
+RESUMABLE = ("ray.", "train_storage", "tracking.", "update.iterations")
 
 
 def load_run_config(run: str, overrides: list[str]) -> KKAConfig:
@@ -131,7 +133,7 @@ def continue_or_next(cfg: KKAConfig) -> tuple[KKAConfig, bool]:
             return named, False
         unfinished = store.read_state(STATE)["completed"] < cfg.update.iterations
         same = not config_diff(run_seeded(load_run_config(location, [])).model_dump(mode="json"),
-                               run_seeded(named).model_dump(mode="json"), ignore=("ray.", "train_storage"))
+                               run_seeded(named).model_dump(mode="json"), ignore=("ray.", "train_storage", "tracking."))
         if unfinished and same:
             return named, True
         k += 1
@@ -230,8 +232,12 @@ def run_loop(cfg: KKAConfig, resume: bool = False, stop_after: int | None = None
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+ITERATION_ARTIFACTS = ("metrics.json", "grid.png", "hard_grid.png", "generated.parquet", "pairs.parquet")
+
+
 def _run(cfg: KKAConfig, state: LoopState, workdir: Path, stop_after: int | None) -> LoopState:
     store, T = state.store, cfg.update.iterations
+    tracker = Tracker(cfg.tracking, store, cfg.name, cfg.model_dump(mode="json"))
     task = load_task(cfg)
     size, _, channels = task.train_normal.shape
     _say(f"task {task.name}: {len(task.train_normal)} train normals, {len(task.val_normal)} validation normals, "
@@ -250,6 +256,7 @@ def _run(cfg: KKAConfig, state: LoopState, workdir: Path, stop_after: int | None
             baseline.fit(task.train_normal, None, seed=cfg.seed, workdir=workdir)
         state.baseline.update(auroc=_test_auroc(baseline, task), seconds=time.time() - start)
         _say(f"SAD without anomalies: test AUROC {state.baseline['auroc']:.1f} ({state.baseline['seconds']:.0f} s)")
+        tracker.log({"sad_auroc": state.baseline["auroc"], "sad_seconds": state.baseline["seconds"]})
         previous = None
     else:
         last = f"iter_{state.completed}"
@@ -259,11 +266,13 @@ def _run(cfg: KKAConfig, state: LoopState, workdir: Path, stop_after: int | None
     for t in range(state.completed + 1, T + 1):
         previous, judge_model = run_iteration(cfg, state, task, reps, ctx, t, previous, judge_model,
                                               (size, channels), workdir)
+        tracker.iteration(t, state.rows[-1], [f"iter_{t}/{f}" for f in ITERATION_ARTIFACTS])
         if stop_after is not None and t >= stop_after and t < T:
             _say(f"stopped after iteration {t} as asked; continue with --resume {store.location}")
             return state
     report = final_report(cfg, state)
     store.write_text("report.md", report)
+    tracker.artifacts(["report.md", "auroc.png", "config.yaml"])
     print(report, flush=True)
     return state
 

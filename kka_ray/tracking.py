@@ -1,0 +1,98 @@
+"""Experiment tracking with MLflow: one MLflow run per KKA run (the resolved config as params, the baseline and
+final metrics, the report), a nested run per iteration (its metrics, grids and tables). By default a SQLite
+store inside the run folder (`mlflow.db`, artifacts in `mlflow-artifacts/`), so every run folder carries its own
+tracking; `tracking.uri` or MLFLOW_TRACKING_URI sends it to a team's server instead. `tracking.enabled: false`
+turns it off."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from kka_ray.config import Strict, _flatten
+from kka_ray.store import RunStore, is_uri
+
+TRACKING_FILE = "tracking.json"  # the parent MLflow run id, so a resumed run logs into the same one
+
+
+class TrackingConfig(Strict):
+    enabled: bool = Field(True, description="Log the run to MLflow")
+    uri: str | None = Field(None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI, else a SQLite store "
+                            "in the run folder (sqlite:///<run>/mlflow.db)")
+    experiment: str = Field("kka-ray", description="MLflow experiment name")
+
+
+def numeric(metrics: dict) -> dict[str, float]:
+    """The finite numbers (and booleans as 0/1) of a metrics row; MLflow takes nothing else."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, int | float) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class Tracker:
+    """A KKA run's MLflow run; every method does nothing when tracking is off."""
+
+    def __init__(self, cfg: TrackingConfig, store: RunStore, name: str, params: dict):
+        self.store, self.mlflow, self.run_id = store, None, None
+        self.local = not is_uri(store.location)  # files are logged from a local run folder only
+        if not cfg.enabled:
+            return
+        uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:
+            if is_uri(store.location):
+                print(f"[kka] tracking off: the run folder {store.location} is not local; set tracking.uri or "
+                      "MLFLOW_TRACKING_URI to track it", flush=True)
+                return
+            uri = f"sqlite:///{Path(store.location).resolve()}/mlflow.db"
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(cfg.experiment) is None:
+            local = not is_uri(store.location) and uri.startswith("sqlite:///")
+            artifacts = Path(store.location).resolve() / "mlflow-artifacts" if local else None
+            mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri() if artifacts else None)
+        self.experiment = experiment = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+        saved = store.read_json(TRACKING_FILE) if store.exists(TRACKING_FILE) else {}
+        if saved.get("uri") == uri:  # a resumed run continues its MLflow run
+            self.run_id = saved["run_id"]
+        else:
+            run = mlflow.MlflowClient().create_run(experiment, run_name=name, tags={"kka.run_folder": store.location})
+            self.run_id = run.info.run_id
+            mlflow.MlflowClient().log_batch(self.run_id, params=[
+                mlflow.entities.Param(k, str(v)[:6000]) for k, v in _flatten(params).items()])
+            store.write_json(TRACKING_FILE, {"uri": uri, "run_id": self.run_id})
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        if self.mlflow is not None:
+            with self.mlflow.start_run(run_id=self.run_id):
+                self.mlflow.log_metrics(numeric(metrics), step=step)
+
+    def iteration(self, t: int, metrics: dict, artifacts: list[str]) -> None:
+        """A nested run `iter_<t>` with the iteration's metrics and files (run-folder relative paths); the
+        parent also gets the metrics at step t, for curves over iterations."""
+        if self.mlflow is None:
+            return
+        mlflow = self.mlflow
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.log_metrics(numeric(metrics), step=t)
+            with mlflow.start_run(run_name=f"iter_{t}", nested=True, experiment_id=self.experiment):
+                mlflow.log_metrics(numeric(metrics))
+                for rel in artifacts if self.local else []:
+                    if self.store.exists(rel):
+                        mlflow.log_artifact(self.store.path(rel), artifact_path=f"iter_{t}")
+
+    def artifacts(self, rels: list[str]) -> None:
+        if self.mlflow is None:
+            return
+        with self.mlflow.start_run(run_id=self.run_id):
+            for rel in rels if self.local else []:
+                if self.store.exists(rel):
+                    self.mlflow.log_artifact(self.store.path(rel))

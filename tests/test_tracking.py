@@ -1,0 +1,42 @@
+"""MLflow tracking of a KKA run: the tiny run's own SQLite store holds its params, a nested run per iteration
+with metrics and files, and the report; off with one switch."""
+
+import mlflow
+import pytest
+
+from kka_ray.store import RunStore
+from kka_ray.tracking import TRACKING_FILE, Tracker, TrackingConfig, numeric
+
+
+def test_the_tiny_run_is_tracked_in_its_folder(tiny_run):
+    cfg, state = tiny_run
+    run = RunStore(f"{cfg.run_dir}/{cfg.name}")
+    saved = run.read_json(TRACKING_FILE)
+    assert saved["uri"].startswith("sqlite:///") and saved["uri"].endswith(f"{cfg.name}/mlflow.db")
+    client = mlflow.MlflowClient(tracking_uri=saved["uri"])
+    parent = client.get_run(saved["run_id"])
+    assert parent.data.params["update.mode"] == "rep" and parent.data.params["seed"] == "3"
+    history = client.get_metric_history(parent.info.run_id, "auroc")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert [m.value for m in history] == pytest.approx([r["auroc"] for r in state.rows])
+    assert "report.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["iter_0", "iter_1", "iter_2"]
+    for child in children:
+        t = int(child.info.run_name.split("_")[1])
+        assert child.data.metrics["hard_share"] == pytest.approx(state.rows[t]["hard_share"])
+        files = {a.path for a in client.list_artifacts(child.info.run_id, f"iter_{t}")}
+        assert {f"iter_{t}/grid.png", f"iter_{t}/metrics.json", f"iter_{t}/generated.parquet"} <= files
+
+
+def test_tracking_off_writes_nothing(tmp_path):
+    store = RunStore(tmp_path)
+    tracker = Tracker(TrackingConfig(enabled=False), store, "off", {"a": 1})
+    tracker.log({"x": 1.0})
+    tracker.iteration(0, {"x": 1.0}, ["nothing"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_finite_numbers_are_logged():
+    assert numeric({"a": 1, "b": True, "c": float("nan"), "d": "text", "e": 2.5}) == {"a": 1.0, "b": 1.0, "e": 2.5}
