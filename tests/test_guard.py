@@ -53,7 +53,7 @@ class App:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-def call(policy, path="/v1/anomalies", headers=(), chunks=(b"{}",)):
+def call(policy, path="/v1/anomalies", headers=(), chunks=(b"{}",), method="POST"):
     """(status, headers, body, app) for one request through the guard; chunks arrive as separate messages."""
     app = App()
     Guard.install(policy)
@@ -66,7 +66,7 @@ def call(policy, path="/v1/anomalies", headers=(), chunks=(b"{}",)):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "path": path, "method": "POST",
+    scope = {"type": "http", "path": path, "method": method,
              "headers": [(k.encode(), v.encode()) for k, v in headers]}
     asyncio.run(Guard(app)(scope, receive, send))
     start = sent[0]
@@ -77,14 +77,22 @@ POLICY = Policy(digest(TOKEN), max_body_bytes=100)
 AUTH = ("authorization", f"Bearer {TOKEN}")
 
 
-@pytest.mark.parametrize("path", ["/v1/anomalies", "/v1/models", "/docs", "/openapi.json", "/anything"])
+@pytest.mark.parametrize("path", ["/v1/anomalies", "/v1/models", "/v1/datasets", "/docs", "/openapi.json",
+                                  "/anything"])
 def test_every_route_but_health_needs_the_token_before_the_body_is_read(path):
     status, headers, body, app = call(POLICY, path, chunks=(b"{not json",))
     assert status == 401 and headers[b"www-authenticate"] == b"Bearer" and app.bodies == []
     assert json.loads(body)["detail"] == "missing or wrong bearer token"
     for wrong in ("Bearer nope", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x"):
         assert call(POLICY, path, [("authorization", wrong)])[0] == 401
-    assert call(POLICY, "/healthz")[0] == 200  # probes carry no credentials
+    assert call(POLICY, "/healthz", method="GET")[0] == 200  # probes carry no credentials
+
+
+def test_only_the_page_and_the_probe_are_open_and_only_to_get():
+    assert call(POLICY, "/", method="GET")[0] == 200  # static HTML and script: it asks for the token itself
+    assert call(POLICY, "/", method="POST")[0] == 401
+    assert call(POLICY, "/healthz", method="POST")[0] == 401
+    assert call(POLICY, "/v1/datasets", method="GET")[0] == 401
 
 
 def test_authorised_request_reaches_the_app_with_its_whole_body():

@@ -1,8 +1,9 @@
 """The Serve application: a FastAPI ingress over the Describer, Renderer and (optional) Evaluator deployments.
 
     serve run kka_ray.serve.app:build config=configs/serve/default.yaml      # or: python jobs/serve.py
-Endpoints: POST /v1/anomalies, GET /v1/models, GET /healthz. By default (auth.mode=token) every route but
-/healthz, /docs and /openapi.json included, needs `Authorization: Bearer <token>` (401 otherwise); see guard.py.
+Endpoints: POST /v1/anomalies, GET /v1/models, GET /v1/datasets, GET /healthz, and a page at GET / that calls
+them. By default (auth.mode=token) every route but /healthz and the page (which carries no data), /docs and
+/openapi.json included, needs `Authorization: Bearer <token>` (401 otherwise); see guard.py.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime to tell the
@@ -10,10 +11,12 @@ Endpoints: POST /v1/anomalies, GET /v1/models, GET /healthz. By default (auth.mo
 import base64
 import io
 import time
+from importlib import resources
 
 import numpy as np
 import yaml
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
@@ -25,6 +28,7 @@ from kka_ray.serve.guard import Guard, Policy, token_digest
 from kka_ray.serve.schemas import Anomaly, AnomalyRequest, AnomalyResponse, ModelsResponse, Provenance
 
 api = FastAPI(title="kka-ray: on-demand anomaly generation", version="1")
+PAGE = resources.files("kka_ray.serve").joinpath("page.html").read_text()
 api.add_middleware(Guard)
 
 
@@ -52,6 +56,18 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self) -> str:
+        return PAGE
+
+    @api.get("/v1/datasets")
+    async def datasets(self) -> dict[str, list[str]]:
+        """Registered datasets with a fixed class list, and their classes (the page's choices)."""
+        from kka_ray.data import DATASETS
+
+        return {name: list(DATASETS.get(name).names) for name in DATASETS.names()
+                if isinstance(getattr(DATASETS.get(name), "names", None), tuple)}
 
     @api.get("/v1/models", response_model=ModelsResponse)
     async def models(self) -> ModelsResponse:

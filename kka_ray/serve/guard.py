@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from kka_ray.config import ConfigError
 from kka_ray.serve.config import AuthConfig
 
-OPEN_PATHS = frozenset({"/healthz"})  # liveness probes carry no credentials and learn nothing
+# Liveness probes carry no credentials and learn nothing; the page is static HTML and script, no data (it asks
+# for the token and sends it with every API call).
+OPEN = frozenset({("GET", "/healthz"), ("HEAD", "/healthz"), ("GET", "/")})
 
 
 def digest(token: str) -> str:
@@ -73,7 +75,7 @@ class Guard:
         cls.policy = policy
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or (scope.get("method"), scope["path"]) in OPEN:
             return await self.app(scope, receive, send)
         policy = Guard.policy
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
