@@ -56,6 +56,7 @@ from kka_ray.stages.select import Representative, SelectConfig, representatives_
 from kka_ray.stages.update import UpdateConfig, origin_counts, update_anomalies
 from kka_ray.store import RunLocked, RunStore
 from kka_ray.tracking import Tracker, TrackingConfig
+from kka_ray.viewer import VIEWER, write_viewer
 
 STATE = "state.json"
 BASELINE_JUDGE = "baseline/evaluator"  # theta_C without anomalies, the judge of N_0
@@ -272,7 +273,8 @@ def _run(cfg: KKAConfig, state: LoopState, workdir: Path, stop_after: int | None
             return state
     report = final_report(cfg, state)
     store.write_text("report.md", report)
-    tracker.artifacts(["report.md", "auroc.png", "config.yaml"])
+    write_viewer(store, cfg.name, state.rows, state.baseline)
+    tracker.artifacts(["report.md", VIEWER, "auroc.png", "config.yaml"])
     print(report, flush=True)
     return state
 

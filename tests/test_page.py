@@ -68,3 +68,28 @@ def test_the_page_generates_and_shows_anomalies(service, browser):  # noqa: F811
     assert "anomalies" in browser.find_element(By.ID, "status").text
     assert browser.find_element(By.ID, "download").is_enabled()
     shot(browser, "page.png")
+
+
+def test_the_run_viewer_shows_every_iteration_and_filters(tiny_run, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from kka_ray.store import RunStore
+
+    cfg, state = tiny_run
+    store = RunStore(f"{cfg.run_dir}/{cfg.name}")
+    generated = [store.read_table(f"iter_{r['iteration']}/generated.parquet") for r in state.rows]
+    browser.get(Path(store.path("report.html")).resolve().as_uri())
+    headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h3")]
+    assert headings == [f"Iteration {r['iteration']}" for r in state.rows]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "img.grid")) >= len(state.rows)
+
+    def shown() -> int:
+        return int(browser.find_element(By.ID, "shown").text)
+
+    assert shown() == sum(len(t) for t in generated)
+    Select(browser.find_element(By.ID, "verdict")).select_by_value("hard")
+    assert shown() == sum(sum(t.column("hard").to_pylist()) for t in generated)
+    Select(browser.find_element(By.ID, "it")).select_by_value("1")
+    assert shown() == sum(generated[1].column("hard").to_pylist())
+    shot(browser, "run-viewer.png")
