@@ -154,10 +154,11 @@ def run_benchmark(cfg: BenchmarkConfig, command: str, progress: bool = True) -> 
                    + (f", oracle {rows[-1]['oracle_auroc']:.1f}" if cfg.oracle_anomalies else ""))
     metrics, per_class = summarise(pd.DataFrame(rows), oracle=cfg.oracle_anomalies > 0)
     page = markdown(cfg, metrics, per_class, command) + f"\n![per-class AUROC]({cfg.name}.png)\n"
-    for out in [run] + ([Path(cfg.results_dir)] if cfg.results_dir else []):
-        write_record(cfg.name, metrics, page, out, command=command,
-                     extra={"config": cfg.model_dump(mode="json")})
+    outs = [run] + ([Path(cfg.results_dir)] if cfg.results_dir else [])
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
         plot_per_class(per_class, out / f"{cfg.name}.png", cfg.name)
+    write_record(cfg.name, metrics, page, outs, command=command, extra={"config": cfg.model_dump(mode="json")})
     return metrics
 
 

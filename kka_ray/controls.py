@@ -195,9 +195,10 @@ def write(cfg: ControlsConfig, df: pd.DataFrame, command: str) -> dict[str, floa
                      "AUROC gain over no anomalies (points)", cfg.name)
     runs = df.astype(object).where(df.notna(), None).to_dict("records")
     for out in outs:
-        write_record(cfg.name, m, page, out, command=command, extra={"config": cfg.model_dump(mode="json"),
-                     "runs": runs})
+        out.mkdir(parents=True, exist_ok=True)
         (out / f"{cfg.name}.png").write_bytes(png)
+    write_record(cfg.name, m, page, outs, command=command, extra={"config": cfg.model_dump(mode="json"),
+                                                                  "runs": runs})
     return m
 
 

@@ -277,8 +277,9 @@ def write(cfg: LoopBenchConfig, results: dict, command: str) -> dict[str, float]
     outs = [Path(cfg.run_dir) / cfg.name] + ([Path(cfg.results_dir)] if cfg.results_dir else [])
     runs = df.astype(object).where(df.notna(), None).to_dict("records")  # NaN (no value) -> null
     for out in outs:
-        write_record(cfg.name, m, markdown(cfg, df, m, command), out, command=command,
-                     extra={"config": cfg.model_dump(mode="json"),
-                            "loop_config": base_loop(cfg).model_dump(mode="json"), "runs": runs})
+        out.mkdir(parents=True, exist_ok=True)
         (out / f"{cfg.name}.png").write_bytes(png)
+    write_record(cfg.name, m, markdown(cfg, df, m, command), outs, command=command,
+                 extra={"config": cfg.model_dump(mode="json"), "loop_config": base_loop(cfg).model_dump(mode="json"),
+                        "runs": runs})
     return m

@@ -64,16 +64,16 @@ def write_record(
     name: str,
     metrics: dict[str, float],
     markdown: str,
-    out_dir: str | Path,
+    out_dir: str | Path | list[str | Path],
     command: str | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write <out_dir>/<name>.json and <name>.md; metrics must be a flat mapping of finite numbers."""
+    """Write <out_dir>/<name>.json and <name>.md in each given folder (the first one's JSON path is returned),
+    and log the record once to MLflow (kka_ray.tracking.track_record); metrics must be a flat mapping of finite
+    numbers."""
     bad = {k: v for k, v in metrics.items() if not isinstance(v, int | float) or not math.isfinite(v)}
     if bad:
         raise ValueError(f"record {name}: metrics must be finite numbers, got {bad}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     record = {
         "name": name,
         "command": command or invoked_command(),
@@ -87,8 +87,14 @@ def write_record(
         text = json.dumps(record, indent=2, allow_nan=False)  # NaN is not JSON: missing values must be None
     except ValueError as e:
         raise ValueError(f"record {name}: {e} (outside metrics; use None for a missing value)") from None
-    for path, content in ((out / f"{name}.json", text + "\n"), (out / f"{name}.md", markdown)):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(content)
-        tmp.replace(path)  # a reader never sees half a record
-    return out / f"{name}.json"
+    outs = [Path(o) for o in (out_dir if isinstance(out_dir, list) else [out_dir])]
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
+        for path, content in ((out / f"{name}.json", text + "\n"), (out / f"{name}.md", markdown)):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(content)
+            tmp.replace(path)  # a reader never sees half a record
+    from kka_ray.tracking import track_record
+
+    track_record(record, outs[0])
+    return outs[0] / f"{name}.json"

@@ -60,7 +60,6 @@ def run_scaling(cfg: ScalingConfig, command: str) -> dict[str, float]:
              "workers).", "", f"Command: `{command}`", "", "| workers | fit s | test AUROC % |", "|---|---|---|"]
     lines += [f"| {n} | {metrics[f'fit_seconds_{n}w']:.0f} | {metrics[f'auroc_{n}w']:.1f} |" for n in cfg.workers]
     lines += ["", f"Speed-up from 1 to 2 workers: **{metrics[f'scaling_2v1_{d}']:.2f}x**.", ""]
-    for out in [workdir] + ([Path(cfg.results_dir)] if cfg.results_dir else []):
-        write_record(cfg.name, metrics, "\n".join(lines), out, command=command,
-                     extra={"config": cfg.model_dump(mode="json")})
+    write_record(cfg.name, metrics, "\n".join(lines), [workdir] + ([Path(cfg.results_dir)] if cfg.results_dir else []),
+                 command=command, extra={"config": cfg.model_dump(mode="json")})
     return metrics

@@ -235,9 +235,8 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
     outs = [run] + ([Path(cfg.results_dir)] if cfg.results_dir else [])
     figures = write_figures(cfg, store, outs)
     page = markdown(cfg, table, metrics, command) + "".join(f"\n![{name}]({name})\n" for name in figures)
-    for out in outs:
-        write_record(cfg.name, metrics, page, out, command=command,
-                     extra={"config": cfg.model_dump(mode="json"), "kka_runs": sorted(set(table["source"]) - {""})})
+    write_record(cfg.name, metrics, page, outs, command=command,
+                 extra={"config": cfg.model_dump(mode="json"), "kka_runs": sorted(set(table["source"]) - {""})})
     return metrics
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 from pydantic import Field
@@ -96,3 +97,37 @@ class Tracker:
             for rel in rels if self.local else []:
                 if self.store.exists(rel):
                     self.mlflow.log_artifact(self.store.path(rel))
+
+
+BENCHMARKS = "kka-ray-benchmarks"
+
+
+def track_record(record: dict, folder: Path) -> str | None:
+    """A benchmark record as an MLflow run of the experiment kka-ray-benchmarks: its metrics, its config as
+    params, commit / machine / command as tags, the record and the files beside it named like it as artifacts.
+    To MLFLOW_TRACKING_URI, else a SQLite store at runs/mlflow.db; KKA_TRACKING=0 turns it off. Returns the
+    run id (None when off)."""
+    if os.environ.get("KKA_TRACKING", "1") == "0":
+        return None
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        Path("runs").mkdir(exist_ok=True)
+        uri = f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(BENCHMARKS)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        BENCHMARKS, artifact_location=(Path(uri.removeprefix("sqlite:///")).parent / "mlflow-artifacts").as_uri()
+        if uri.startswith("sqlite:///") else None)
+    tags = {k: str(record.get(k)) for k in ("commit", "machine", "command", "date")}
+    run = client.create_run(experiment_id, run_name=record["name"], tags=tags)
+    params = _flatten(record["config"]) if isinstance(record.get("config"), dict) else {}
+    client.log_batch(run.info.run_id, metrics=[
+        mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in numeric(record["metrics"]).items()],
+        params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
+    for path in sorted(Path(folder).glob(f"{record['name']}*")):
+        if path.is_file():
+            client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

@@ -6,6 +6,7 @@ from kka_ray.runtime import set_env_defaults
 
 set_env_defaults()
 os.environ.setdefault("KKA_PROGRESS", "0")
+os.environ.setdefault("KKA_TRACKING", "0")  # records written by tests stay out of runs/mlflow.db
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,25 @@ def test_tracking_off_writes_nothing(tmp_path):
 
 def test_only_finite_numbers_are_logged():
     assert numeric({"a": 1, "b": True, "c": float("nan"), "d": "text", "e": 2.5}) == {"a": 1.0, "b": 1.0, "e": 2.5}
+
+
+def test_a_benchmark_record_is_logged_once_to_mlflow(tmp_path, monkeypatch):
+    from kka_ray.records import write_record
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("KKA_TRACKING", "1")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bench-x.png").write_bytes(b"png")
+    write_record("bench-x", {"auroc": 91.5, "classes": 10}, "# bench-x\n", [tmp_path / "a", tmp_path / "b"],
+                 command="python jobs/x.py", extra={"config": {"detector": {"name": "knn", "k": 2}}})
+    assert (tmp_path / "b" / "bench-x.json").is_file()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("kka-ray-benchmarks").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "bench-x" and run.data.metrics == {"auroc": 91.5, "classes": 10.0}
+    assert run.data.params == {"detector.name": "knn", "detector.k": "2"}
+    assert run.data.tags["command"] == "python jobs/x.py"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"bench-x.json", "bench-x.md",
+                                                                         "bench-x.png"}
