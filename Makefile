@@ -5,7 +5,7 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint benchmark
+.PHONY: setup setup-vllm demo test lint benchmark
 
 setup:
 	bash scripts/setup.sh
@@ -16,6 +16,10 @@ PRIOR := kka_ray/render/priors/general/model_index.json
 # never seen Fashion-MNIST) only where it is missing.
 $(PRIOR):
 	$(PY) jobs/train_prior.py --config configs/prior/general.yaml
+
+# The vLLM test tier's own venv (.venv-vllm): the CPU build of vLLM beside the project (issue 17).
+setup-vllm:
+	bash scripts/setup_vllm.sh
 
 # Main job on the embedded offline default: the KKA loop on Fashion-MNIST "shirt"; a rerun resumes an
 # unfinished runs/kka-demo, or starts runs/kka-demo-2, -3, ... (never deletes a run).
