@@ -27,7 +27,7 @@ from kka_ray.controls import noise_images
 from kka_ray.data import build_dataset, make_task
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors import build_detector
-from kka_ray.detectors.base import AnyDetectorConfig
+from kka_ray.detectors.base import DETECTORS, AnyDetectorConfig
 from kka_ray.figures import training_curves, tsne_panels
 from kka_ray.loop import KKAConfig
 from kka_ray.metrics import auroc
@@ -78,9 +78,15 @@ class Table2Config(Strict):
     def _consistent(self):
         if unknown := set(self.variants) - set(self.detectors):
             raise ValueError(f"variants name detectors that are not configured: {sorted(unknown)}")
-        if self.figures.detector is not None and self.figures.detector not in self.variants:
-            raise ValueError(f"figures.detector {self.figures.detector!r} is not one of the detectors run: "
-                             f"{sorted(self.variants)}")
+        if self.figures.detector is not None:
+            if self.figures.detector not in self.variants:
+                raise ValueError(f"figures.detector {self.figures.detector!r} is not one of the detectors run: "
+                                 f"{sorted(self.variants)}")
+            kind = self.detectors[self.figures.detector].name
+            if not hasattr(DETECTORS.get(kind), "embed"):
+                able = [n for n in DETECTORS.names() if hasattr(DETECTORS.get(n), "embed")]
+                raise ValueError(f"figures.detector {self.figures.detector!r} is a {kind}, which has no embedding "
+                                 f"and training monitor for Fig. 5-6; detectors that have them: {able}")
         used = {v for vs in self.variants.values() for v in vs}
         for variant in ("kka_rep", "kka_add"):
             if variant in used and getattr(self, variant) is None:

@@ -69,6 +69,9 @@ def test_table2_config_errors(tmp_path):
                                      "figures": {"detector": None}})
     with pytest.raises(ValueError, match="figures.detector 'simplenet' is not one of the detectors run"):
         Table2Config.model_validate({"detectors": {"knn": {"name": "knn"}}, "variants": {"knn": ["none"]}})
+    with pytest.raises(ValueError, match="'knn' is a knn, which has no embedding"):
+        Table2Config.model_validate({"detectors": {"knn": {"name": "knn"}}, "variants": {"knn": ["none"]},
+                                     "figures": {"detector": "knn"}})
 
 
 def test_missing_loop_run_is_named(ray_local, tmp_path):
