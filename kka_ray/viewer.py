@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +64,10 @@ def _thumb(image: np.ndarray) -> str:
     return _png_data(buf.getvalue())
 
 
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -73,8 +78,7 @@ def _metrics_table(rows: list[dict]) -> str:
     head = "".join(f"<th>{label}</th>" for _, label, _ in METRICS)
     body = []
     for r in rows:
-        cells = "".join(f"<td>{fmt.format(r[k]) if isinstance(r.get(k), int | float) else ''}</td>"
-                        for k, _, fmt in METRICS)
+        cells = "".join(f"<td>{fmt.format(r[k]) if _finite(r.get(k)) else ''}</td>" for k, _, fmt in METRICS)
         body.append(f"<tr><td>{r['iteration']}</td>{cells}</tr>")
     return f"<table><thead><tr><th>t</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
