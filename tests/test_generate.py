@@ -114,6 +114,9 @@ def test_vllm_processor_is_built_lazily_without_vllm(ray_local, tiny_lm):
     pc = processor_config(cfg)
     assert pc.engine_kwargs["tensor_parallel_size"] == 2 and pc.engine_kwargs["enable_lora"] is True
     assert pc.batch_size == 8 and pc.concurrency == 3
+    # no GPU asked: Ray's engine stage gets CPU-only bundles (its default reserves a GPU per engine worker)
+    assert pc.placement_group_config["bundle_per_worker"] == {"CPU": cfg.cpus_per_actor, "GPU": 0.0}
+    assert processor_config(cfg.model_copy(update={"gpus_per_actor": 1.0})).placement_group_config is None
     plan = str(build_backend(cfg).apply(ray.data.from_items([{"messages": [], "seed": 1}])))
     assert "vLLMEngineStageUDF" in plan and "ChatTemplateUDF" in plan
     row = preprocess_row({"seed": 4, "row_id": 0, "prompt": "Please generate ..."}, cfg)

@@ -22,11 +22,16 @@ def processor_config(cfg: LMConfig):
                      **({"enable_lora": True, "max_lora_rank": cfg.max_lora_rank} if cfg.adapter else {}),
                      **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {}),
                      **cfg.engine_kwargs}
+    # Ray's engine stage reserves {"GPU": 1, "CPU": 1} per engine worker unless told otherwise; a CPU build of
+    # vLLM (gpus_per_actor 0) gets bundles of CPUs only, Ray's supported way (placement_group_config).
+    cpu_only = {"placement_group_config": {"bundle_per_worker": {"CPU": cfg.cpus_per_actor}}} \
+        if cfg.gpus_per_actor == 0 else {}
     return vLLMEngineProcessorConfig(
         model_source=cfg.model,
         engine_kwargs=engine_kwargs,
         batch_size=cfg.batch_size,
         concurrency=cfg.actors,
+        **cpu_only,
     )
 
 
