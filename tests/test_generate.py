@@ -123,7 +123,9 @@ def test_vllm_processor_is_built_lazily_without_vllm(ray_local, tiny_lm):
     assert row["sampling_params"] == {"temperature": 0.9, "top_p": 0.95, "max_tokens": 48, "seed": 4}
     assert row["model"] == "/adapters/iter1"
     # what the engine stages hand back: their own templated `prompt`, the text, bookkeeping
-    engine_row = {**row, "prompt": "<|im_start|>user ...", "generated_text": "x", "num_generated_tokens": 3}
+    engine_row = {**row, "prompt": "<|im_start|>user ...", "generated_text": "x", "num_generated_tokens": 3,
+                  "num_input_tokens": 9, "logprobs": None, "embeddings": None, "batch_uuid": "b",
+                  "__inference_error__": "", "prompt_logprobs": None}  # Ray 2.60's columns (a real run's)
     out = postprocess_row({**engine_row, "time_taken_llm": 0.5})
     assert out == {"row_id": 0, "seed": 4, "prompt": "Please generate ...", "generated_text": "x",
                    "num_generated_tokens": 3, "generation_seconds": 0.5}

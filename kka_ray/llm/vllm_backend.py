@@ -42,7 +42,9 @@ def sampling_params(cfg: LMConfig, seed: int) -> dict:
 def preprocess_row(row: dict, cfg: LMConfig) -> dict:
     """Row-specific sampling (its own seed) and, with an adapter, the LoRA request: a `model` other than the
     engine's is served as a LoRA adapter by Ray's engine stage."""
-    out = {**row, "sampling_params": sampling_params(cfg, row["seed"])}
+    # Our columns, named so that postprocess keeps exactly them: Ray's stages add their own (token counts,
+    # logprobs, embeddings, batch ids, error columns) and that set changes between Ray versions.
+    out = {**row, "sampling_params": sampling_params(cfg, row["seed"]), "kka_columns": ",".join(row)}
     if "prompt" in row:  # Ray's chat-template stage writes its own `prompt` column; keep ours aside
         out["kka_prompt"] = out.pop("prompt")
     if cfg.adapter:
@@ -50,13 +52,12 @@ def preprocess_row(row: dict, cfg: LMConfig) -> dict:
     return out
 
 
-_ENGINE_COLUMNS = ("messages", "sampling_params", "model", "generated_tokens", "prompt", "prompt_token_ids",
-                   "request_id", "tokenized_prompt", "time_taken_llm", "params", "metrics", "kka_prompt")
-
-
 def postprocess_row(row: dict) -> dict:
-    """Keep our columns (provenance) and the text; drop the engine's bookkeeping and the chat messages."""
-    keep = {k: v for k, v in row.items() if k not in _ENGINE_COLUMNS}
+    """Our columns (provenance), the text, its token count and time: exactly what the transformers backend
+    gives, whatever Ray's engine stages add."""
+    ours = [c for c in str(row["kka_columns"]).split(",") if c and c not in ("messages", "prompt")]
+    keep = {k: row[k] for k in ours if k in row}
+    keep["generated_text"] = row["generated_text"]
     if "kka_prompt" in row:
         keep["prompt"] = row["kka_prompt"]
     if "time_taken_llm" in row:
