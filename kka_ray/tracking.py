@@ -38,16 +38,18 @@ def numeric(metrics: dict) -> dict[str, float]:
 
 
 class Tracker:
-    """A KKA run's MLflow run; every method does nothing when tracking is off."""
+    """A KKA run's MLflow run; every method does nothing when tracking is off. Only MlflowClient calls: the
+    fluent API's set_tracking_uri also sets MLFLOW_TRACKING_URI in the process environment, which then sent
+    every later run of the process (and its subprocesses) to this run's store."""
 
     def __init__(self, cfg: TrackingConfig, store: RunStore, name: str, params: dict):
-        self.store, self.mlflow, self.run_id = store, None, None
+        self.store, self.client, self.run_id = store, None, None
         self.local = not is_uri(store.location)  # files are logged from a local run folder only
         if not cfg.enabled:
             return
         uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:
-            if is_uri(store.location):
+            if not self.local:
                 print(f"[kka] tracking off: the run folder {store.location} is not local; set tracking.uri or "
                       "MLFLOW_TRACKING_URI to track it", flush=True)
                 return
@@ -55,48 +57,54 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(uri)
-        if mlflow.get_experiment_by_name(cfg.experiment) is None:
-            local = not is_uri(store.location) and uri.startswith("sqlite:///")
-            artifacts = Path(store.location).resolve() / "mlflow-artifacts" if local else None
-            mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri() if artifacts else None)
-        self.experiment = experiment = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+        self.client = client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            artifacts = Path(store.location).resolve() / "mlflow-artifacts"
+            self.experiment = client.create_experiment(
+                cfg.experiment, artifact_location=artifacts.as_uri() if self.local and uri.startswith("sqlite:///")
+                else None)
+        else:
+            self.experiment = experiment.experiment_id
         saved = store.read_json(TRACKING_FILE) if store.exists(TRACKING_FILE) else {}
         if saved.get("uri") == uri:  # a resumed run continues its MLflow run
             self.run_id = saved["run_id"]
         else:
-            run = mlflow.MlflowClient().create_run(experiment, run_name=name, tags={"kka.run_folder": store.location})
-            self.run_id = run.info.run_id
-            mlflow.MlflowClient().log_batch(self.run_id, params=[
-                mlflow.entities.Param(k, str(v)[:6000]) for k, v in _flatten(params).items()])
+            self.run_id = client.create_run(self.experiment, run_name=name,
+                                            tags={"kka.run_folder": store.location}).info.run_id
+            client.log_batch(self.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
+                                                  for k, v in _flatten(params).items()])
             store.write_json(TRACKING_FILE, {"uri": uri, "run_id": self.run_id})
 
-    def log(self, metrics: dict, step: int | None = None) -> None:
-        if self.mlflow is not None:
-            with self.mlflow.start_run(run_id=self.run_id):
-                self.mlflow.log_metrics(numeric(metrics), step=step)
+    def _metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[self.mlflow.entities.Metric(k, v, now, step)
+                                               for k, v in numeric(metrics).items()])
+
+    def _files(self, run_id: str, rels: list[str], folder: str | None = None) -> None:
+        for rel in rels if self.local else []:
+            if self.store.exists(rel):
+                self.client.log_artifact(run_id, self.store.path(rel), artifact_path=folder)
+
+    def log(self, metrics: dict, step: int = 0) -> None:
+        if self.client is not None:
+            self._metrics(self.run_id, metrics, step)
 
     def iteration(self, t: int, metrics: dict, artifacts: list[str]) -> None:
         """A nested run `iter_<t>` with the iteration's metrics and files (run-folder relative paths); the
         parent also gets the metrics at step t, for curves over iterations."""
-        if self.mlflow is None:
+        if self.client is None:
             return
-        mlflow = self.mlflow
-        with mlflow.start_run(run_id=self.run_id):
-            mlflow.log_metrics(numeric(metrics), step=t)
-            with mlflow.start_run(run_name=f"iter_{t}", nested=True, experiment_id=self.experiment):
-                mlflow.log_metrics(numeric(metrics))
-                for rel in artifacts if self.local else []:
-                    if self.store.exists(rel):
-                        mlflow.log_artifact(self.store.path(rel), artifact_path=f"iter_{t}")
+        self._metrics(self.run_id, metrics, t)
+        child = self.client.create_run(self.experiment, run_name=f"iter_{t}",
+                                       tags={"mlflow.parentRunId": self.run_id}).info.run_id
+        self._metrics(child, metrics, 0)
+        self._files(child, artifacts, f"iter_{t}")
+        self.client.set_terminated(child)
 
     def artifacts(self, rels: list[str]) -> None:
-        if self.mlflow is None:
-            return
-        with self.mlflow.start_run(run_id=self.run_id):
-            for rel in rels if self.local else []:
-                if self.store.exists(rel):
-                    self.mlflow.log_artifact(self.store.path(rel))
+        if self.client is not None:
+            self._files(self.run_id, rels)
 
 
 BENCHMARKS = "kka-ray-benchmarks"

@@ -170,7 +170,6 @@ def test_job_script_reports_config_errors(tmp_path):
 
 def test_perf_bench_reads_a_runs_stage_costs(tiny_run):
     """jobs/bench_perf.py's demo section: per-stage seconds summed over iterations, peaks maxed, and its page."""
-    import importlib.util
 
     from kka_ray.perf import run_folder_costs
 
@@ -182,10 +181,9 @@ def test_perf_bench_reads_a_runs_stage_costs(tiny_run):
     assert costs["peak_rss_mb_render"] == max(r["peak_rss_mb_render"] for r in rows)
     assert costs["demo_select_seconds"] == state.baseline["select_seconds"]
     assert not any(k.startswith("demo_dpo_step") for k in costs)  # means are not summed
-    spec = importlib.util.spec_from_file_location("bench_perf", Path(__file__).parents[1] / "jobs/bench_perf.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    page = job.markdown(costs | {"dpo_round_s": 9.0, "dpo_step_s": 1.0}, {}, "cmd", "loop.yaml")
+    from kka_ray.commands import bench_perf
+
+    page = bench_perf.markdown(costs | {"dpo_round_s": 9.0, "dpo_step_s": 1.0}, {}, "cmd", "loop.yaml")
     assert "| demo (minutes, target <= 10) | not measured |" in page and "| loop settings | 1.00 |" in page
 
 

@@ -1,6 +1,8 @@
 """MLflow tracking of a KKA run: the tiny run's own SQLite store holds its params, a nested run per iteration
 with metrics and files, and the report; off with one switch."""
 
+import os
+
 import mlflow
 import pytest
 
@@ -20,6 +22,8 @@ def test_the_tiny_run_is_tracked_in_its_folder(tiny_run):
     assert [m.step for m in history] == [0, 1, 2]
     assert [m.value for m in history] == pytest.approx([r["auroc"] for r in state.rows])
     assert "report.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # mlflow's fluent set_tracking_uri also sets this variable, which then sent every later run to this store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.info.run_name for c in children) == ["iter_0", "iter_1", "iter_2"]
