@@ -88,6 +88,7 @@ def dashboard_running() -> bool:
     return bool(ray._private.worker.get_dashboard_url())
 
 
+@functools.cache
 def trainer_cls():
     """Ray Train's TorchTrainer with its log level from KKA_LOG_LEVEL, and without its placement-group cleaner on
     a Ray without a dashboard: the cleaner (Ray 2.60) polls the State API, which lives in the dashboard, and there

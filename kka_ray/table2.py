@@ -114,10 +114,6 @@ def loop_run(runs: KKARuns, dataset: str, cls: str | int, seed: int, val_fractio
     return store, t
 
 
-def kka_set(store: RunStore, t: int) -> ImageSet:
-    return anomaly_set(store.read_table(f"iter_{t}/anomalies.parquet"))
-
-
 def anomaly_sets(cfg: Table2Config, task, cls, seed: int) -> tuple[dict[str, ImageSet | None], dict[str, str]]:
     """Every variant's anomalies for one task (None for `none`), and where KKA's came from."""
     sets: dict[str, ImageSet | None] = {"none": None}
@@ -125,7 +121,8 @@ def anomaly_sets(cfg: Table2Config, task, cls, seed: int) -> tuple[dict[str, Ima
     for variant in ("kka_rep", "kka_add"):
         if (runs := getattr(cfg, variant)) is not None:
             store, t = loop_run(runs, cfg.dataset.name, cls, seed, cfg.val_fraction)
-            sets[variant], sources[variant] = kka_set(store, t), f"{store.location}/iter_{t}"
+            sets[variant] = anomaly_set(store.read_table(f"iter_{t}/anomalies.parquet"))
+            sources[variant] = f"{store.location}/iter_{t}"
     kka = sets.get("kka_rep") or sets.get("kka_add")
     if kka is not None:
         n = len(kka)

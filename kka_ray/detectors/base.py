@@ -33,6 +33,16 @@ class Detector(ABC):
 DETECTORS: Registry[type[Detector]] = Registry("detector")
 
 
+def checked_scores(scores: np.ndarray, who: str, advice: str = "lower lr", what: str = "scores") -> np.ndarray:
+    """`scores`, or a FloatingPointError when any is NaN or infinite: every verdict and AUROC computed from a
+    diverged fit would be meaningless."""
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise FloatingPointError(f"{who}: {bad} of {len(scores)} {what} are NaN or infinite (the fit diverged); "
+                                 f"{advice}")
+    return scores
+
+
 def detector_config(value: Any) -> BaseModel:
     """A mapping with a registered `name` (default deepsad) -> that detector's config class."""
     if isinstance(value, BaseModel):

@@ -14,6 +14,7 @@ from pydantic import Field
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from kka_ray.config import Strict
+from kka_ray.resources import peak_rss_mb
 from kka_ray.runtime import trainer_cls
 
 
@@ -28,12 +29,15 @@ class TrainWorkers(Strict):
                               "starts again from the beginning")
 
 
-def fit(loop: Callable[[dict], None], config: dict, workers: TrainWorkers, name: str, workdir: Path):
-    """`loop(config)` on every worker; returns Ray Train's Result (metrics and checkpoint of rank 0's last
-    report)."""
+def fit(fit_fn: Callable, save_fn: Callable, data: dict, cfg, seed: int, name: str, workdir: Path):
+    """Ray Train runs `fit_fn(data, cfg, seed, prepare_model=, prepare_loader=, rank=) -> (model, metrics)` on
+    each of `cfg.train`'s workers (DDP); rank 0 hands `save_fn(folder, model)`'s folder over as the one kept
+    checkpoint. Returns Ray Train's Result."""
+    workers = cfg.train
     trainer = trainer_cls()(
-        loop,
-        train_loop_config=config,
+        _worker,
+        train_loop_config={"fit": fit_fn, "save": save_fn, "cfg_cls": type(cfg), "cfg": cfg.model_dump(),
+                           "seed": seed, "data": ray.put(data)},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
                                      resources_per_worker={"CPU": workers.cpus_per_worker}),
         run_config=RunConfig(name=f"{name}-{uuid.uuid4().hex[:8]}", storage_path=str(Path(workdir).resolve()),
@@ -43,17 +47,19 @@ def fit(loop: Callable[[dict], None], config: dict, workers: TrainWorkers, name:
     return trainer.fit()
 
 
-def set_threads(workers: TrainWorkers) -> None:
+def _worker(config: dict) -> None:
+    import ray.train.torch
     import torch
 
-    torch.set_num_threads(workers.torch_threads or max(1, int(workers.cpus_per_worker)))
-
-
-def report_final(metrics: dict, write: Callable[[Path], None]) -> None:
-    """Report the fit's metrics; rank 0 also hands over the checkpoint folder `write(folder)` fills."""
+    cfg = config["cfg_cls"](**config["cfg"])
+    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
+    model, metrics = config["fit"](ray.get(config["data"]), cfg, config["seed"],
+                                   prepare_model=ray.train.torch.prepare_model,
+                                   prepare_loader=ray.train.torch.prepare_data_loader,
+                                   rank=ray.train.get_context().get_world_rank())
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
-            write(Path(tmp))
+            config["save"](Path(tmp), model)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report({**metrics, "peak_rss_mb": peak_rss_mb()}, checkpoint=checkpoint)

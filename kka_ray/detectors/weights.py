@@ -38,7 +38,3 @@ def read(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict]:
         raise ValueError(f"{path}: not readable {fmt} weights ({e})") from None
     return tensors, meta
 
-
-def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries under `prefix.`, with the prefix removed (one module's state dict of several in a file)."""
-    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}

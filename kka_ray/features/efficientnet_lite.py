@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from kka_ray.features.base import FEATURES, FeatureConfig, FeatureExtractor
 
 # The Lite models were trained with inception-style inputs, (x - 127) / 128, not ImageNet mean/std.
-_MEAN, _STD = 127.0 / 255.0, 128.0 / 255.0
+LITE_MEAN, LITE_STD = 127.0 / 255.0, 128.0 / 255.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -56,5 +56,5 @@ class EfficientNetLite0(FeatureExtractor):
         size = self.cfg.image_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = ((x - _MEAN) / _STD).expand(-1, 3, -1, -1)  # grey: the one channel serves as R, G and B
+        x = ((x - LITE_MEAN) / LITE_STD).expand(-1, 3, -1, -1)  # grey: the one channel serves as R, G and B
         return self.net.extract_features(x).mean(dim=(2, 3)).float().cpu().numpy()

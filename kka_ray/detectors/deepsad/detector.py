@@ -12,7 +12,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from kka_ray.actor_map import map_images
 from kka_ray.config import DeepSADConfig
 from kka_ray.data.base import ImageSet
-from kka_ray.detectors.base import DETECTORS, Detector
+from kka_ray.detectors.base import DETECTORS, Detector, checked_scores
 from kka_ray.detectors.deepsad.loss import ANOMALY, NORMAL
 from kka_ray.detectors.deepsad.networks import net_spec
 from kka_ray.detectors.deepsad.train import DeepSADScorer, train_loop_per_worker
@@ -87,8 +87,5 @@ class DeepSAD(Detector):
         cfg = self.cfg
         scores = map_images(images, DeepSADScorer, {"checkpoint": self.checkpoint}, output="score",
                             actors=cfg.score_actors, batch_size=cfg.score_batch_size, num_cpus=1).astype(np.float64)
-        bad = int((~np.isfinite(scores)).sum())
-        if bad:  # a diverged fit: every verdict and AUROC computed from it would be meaningless
-            raise FloatingPointError(f"Deep SAD {self.checkpoint.path}: {bad} of {len(scores)} distances are NaN or "
-                                     "infinite (the fit diverged); lower evaluator.lr, or set evaluator.bf16=false")
-        return scores
+        return checked_scores(scores, f"Deep SAD {self.checkpoint.path}", what="distances",
+                              advice="lower evaluator.lr, or set evaluator.bf16=false")

@@ -22,7 +22,7 @@ from kka_ray.config import Strict
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors import trainer
 from kka_ray.detectors.backbone import BackboneConfig
-from kka_ray.detectors.base import DETECTORS, Detector
+from kka_ray.detectors.base import DETECTORS, Detector, checked_scores
 from kka_ray.detectors.recontrast import train
 
 
@@ -73,10 +73,8 @@ class ReContrast(Detector):
                 else np.zeros((0, *normals.shape), np.uint8))
         if len(bank) and bank.shape[1:] != normals.images.shape[1:]:
             raise ValueError(f"anomaly images are {bank.shape[1:]}, normal images {normals.shape}")
-        result = trainer.fit(train.train_loop_per_worker,
-                             {"cfg": cfg.model_dump(), "seed": seed,
-                              "data": ray.put({"normals": normals.images, "anomalies": bank})},
-                             cfg.train, "recontrast", workdir)
+        result = trainer.fit(train.fit_net, train.save, {"normals": normals.images, "anomalies": bank}, cfg, seed,
+                             "recontrast", workdir)
         self.checkpoint = result.checkpoint
         return {**result.metrics, "anomalies": len(bank)}
 
@@ -86,7 +84,4 @@ class ReContrast(Detector):
         cfg = self.cfg
         scores = map_images(images, train.ReContrastScorer, {"checkpoint": self.checkpoint, "cfg": cfg},
                             output="score", actors=cfg.score_actors, batch_size=cfg.score_batch_size, num_cpus=1)
-        if not np.isfinite(scores).all():
-            raise FloatingPointError(f"ReContrast {self.checkpoint.path}: {int((~np.isfinite(scores)).sum())} "
-                                     "scores are NaN or infinite (the fit diverged); lower lr")
-        return scores
+        return checked_scores(scores, f"ReContrast {self.checkpoint.path}")

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import ray.train
-import ray.train.torch
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from kka_ray.ddp import Progress, all_reduce_sum, unwrap
-from kka_ray.detectors import trainer, weights
+from kka_ray.detectors import weights
 from kka_ray.detectors.backbone import build_backbone, to_input
 from kka_ray.detectors.recontrast.model import ReContrastNet, alpha_at, anomaly_scores, recontrast_loss
-from kka_ray.resources import peak_rss_mb
 
 WEIGHTS_FILE = "recontrast.safetensors"
 FORMAT = "kka-recontrast-1"
@@ -50,10 +47,11 @@ def calibrate_bn(net: ReContrastNet, images: np.ndarray, size: int, batch: int) 
     net.frozen.load_state_dict(enc.state_dict())
 
 
-def fit_net(normals: np.ndarray, anomalies: np.ndarray, cfg, seed: int, *, prepare_model=lambda m: m,
-            prepare_loader=lambda d: d, rank: int = 0) -> tuple[ReContrastNet, dict]:
+def fit_net(data: dict, cfg, seed: int, *, prepare_model=lambda m: m, prepare_loader=lambda d: d,
+            rank: int = 0) -> tuple[ReContrastNet, dict]:
     """`cfg.steps` AdamW steps (decoder and bottleneck at `lr`, E at `encoder_lr`) on uint8 normals, each step
     with `batch_size` normals and, when anomalies are given, half as many anomalies drawn with replacement."""
+    normals, anomalies = data["normals"], data["anomalies"]
     torch.manual_seed(seed)
     net = build_net(cfg)
     size = cfg.backbone.image_size
@@ -111,19 +109,6 @@ def load(folder: str | Path, cfg) -> ReContrastNet:
     net = build_net(cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"pretrained": False})}))
     net.load_state_dict(tensors)
     return net.eval()
-
-
-def train_loop_per_worker(config: dict) -> None:
-    from kka_ray.detectors.recontrast.detector import ReContrastConfig
-
-    cfg = ReContrastConfig(**config["cfg"])
-    trainer.set_threads(cfg.train)
-    data = ray.get(config["data"])
-    net, metrics = fit_net(data["normals"], data["anomalies"], cfg, config["seed"],
-                           prepare_model=ray.train.torch.prepare_model,
-                           prepare_loader=ray.train.torch.prepare_data_loader,
-                           rank=ray.train.get_context().get_world_rank())
-    trainer.report_final({**metrics, "peak_rss_mb": peak_rss_mb()}, lambda folder: save(folder, net))
 
 
 class ReContrastScorer:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import ray
 import torch
 from pydantic import Field
 
@@ -20,7 +19,7 @@ from kka_ray.config import Strict
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors import trainer
 from kka_ray.detectors.backbone import BackboneConfig, extract
-from kka_ray.detectors.base import DETECTORS, Detector
+from kka_ray.detectors.base import DETECTORS, Detector, checked_scores
 from kka_ray.detectors.simplenet import train
 from kka_ray.detectors.simplenet.model import patch_features
 
@@ -79,8 +78,7 @@ class SimpleNet(Detector):
         if monitor is not None:
             data["monitor"] = {"normals": self.features(monitor[0].images),
                                "anomalies": self.features(monitor[1].images)}
-        result = trainer.fit(train.train_loop_per_worker, {"cfg": cfg.model_dump(), "seed": seed,
-                                                           "data": ray.put(data)}, cfg.train, "simplenet", workdir)
+        result = trainer.fit(train.fit_head, train.save, data, cfg, seed, "simplenet", workdir)
         with result.checkpoint.as_directory() as folder:
             self.head = train.load(folder)
         return {**result.metrics, "generated": len(normals) * cfg.epochs, "anomalies": len(f_anomaly)}
@@ -88,11 +86,8 @@ class SimpleNet(Detector):
     def score(self, images: np.ndarray) -> np.ndarray:
         if self.head is None:
             raise RuntimeError("SimpleNet: score() called before fit()")
-        out = train.image_scores(self.head, self.features(images), self.cfg.score_batch_size).double().numpy()
-        if not np.isfinite(out).all():
-            raise FloatingPointError(f"SimpleNet: {int((~np.isfinite(out)).sum())} scores are NaN or infinite "
-                                     "(the fit diverged); lower lr")
-        return out
+        scores = train.image_scores(self.head, self.features(images), self.cfg.score_batch_size)
+        return checked_scores(scores.double().numpy(), "SimpleNet")
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> np.ndarray:

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import ray
-import ray.train
-import ray.train.torch
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from kka_ray.ddp import Progress, all_reduce_sum, unwrap
-from kka_ray.detectors import trainer, weights
+from kka_ray.detectors import weights
 from kka_ray.detectors.simplenet.model import SimpleNetHead, simplenet_loss
-from kka_ray.resources import peak_rss_mb
 
 WEIGHTS_FILE = "simplenet.safetensors"
 FORMAT = "kka-simplenet-1"
@@ -39,11 +35,13 @@ def separation(head: SimpleNetHead, monitor: dict) -> float:
                                scores))
 
 
-def fit_head(normals: np.ndarray, anomalies: np.ndarray, cfg, seed: int, *, prepare_model=lambda m: m,
-             prepare_loader=lambda d: d, rank: int = 0, monitor: dict | None = None) -> tuple[SimpleNetHead, dict]:
-    """Adaptor and discriminator on (N, P, D) normal and (M, P, D) anomaly patch features (M may be 0):
-    Adam for D, AdamW for G, fresh Gaussian fakes every step, `cfg.batch_size` images per step. `monitor`
-    ({"normals", "anomalies"} patch features): their separation after every epoch, for training curves."""
+def fit_head(data: dict, cfg, seed: int, *, prepare_model=lambda m: m, prepare_loader=lambda d: d,
+             rank: int = 0) -> tuple[SimpleNetHead, dict]:
+    """Adaptor and discriminator on data's (N, P, D) normal and (M, P, D) anomaly patch features (M may be 0):
+    Adam for D, AdamW for G, fresh Gaussian fakes every step, `cfg.batch_size` images per step. data's optional
+    `monitor` ({"normals", "anomalies"} patch features): their separation after every epoch, for training
+    curves."""
+    normals, anomalies, monitor = data["normals"], data["anomalies"], data.get("monitor")
     torch.manual_seed(seed)
     dim = normals.shape[2]
     gen = torch.Generator().manual_seed(seed)
@@ -81,8 +79,9 @@ def fit_head(normals: np.ndarray, anomalies: np.ndarray, cfg, seed: int, *, prep
     return head.eval(), {"loss": curve[-1], "loss_curve": curve, "monitor_curve": watched, "epochs": cfg.epochs}
 
 
-def save(folder: Path, head: SimpleNetHead, dim: int, hidden: int) -> Path:
-    return weights.write(Path(folder) / WEIGHTS_FILE, head.state_dict(), FORMAT, {"dim": dim, "hidden": hidden})
+def save(folder: Path, head: SimpleNetHead) -> Path:
+    meta = {"dim": head.adaptor.in_features, "hidden": head.discriminator[0].out_features}
+    return weights.write(Path(folder) / WEIGHTS_FILE, head.state_dict(), FORMAT, meta)
 
 
 def load(folder: str | Path) -> SimpleNetHead:
@@ -90,17 +89,3 @@ def load(folder: str | Path) -> SimpleNetHead:
     head = SimpleNetHead(meta["dim"], meta["hidden"])
     head.load_state_dict(tensors)
     return head.eval()
-
-
-def train_loop_per_worker(config: dict) -> None:
-    from kka_ray.detectors.simplenet.detector import SimpleNetConfig
-
-    cfg = SimpleNetConfig(**config["cfg"])
-    trainer.set_threads(cfg.train)
-    data = ray.get(config["data"])
-    head, metrics = fit_head(data["normals"], data["anomalies"], cfg, config["seed"],
-                             prepare_model=ray.train.torch.prepare_model,
-                             prepare_loader=ray.train.torch.prepare_data_loader,
-                             rank=ray.train.get_context().get_world_rank(), monitor=data.get("monitor"))
-    trainer.report_final({**metrics, "peak_rss_mb": peak_rss_mb()},
-                         lambda folder: save(folder, head, data["normals"].shape[2], cfg.hidden))

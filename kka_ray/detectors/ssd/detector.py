@@ -22,7 +22,7 @@ from kka_ray.config import Strict
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors import trainer
 from kka_ray.detectors.backbone import BackboneConfig
-from kka_ray.detectors.base import DETECTORS, Detector
+from kka_ray.detectors.base import DETECTORS, Detector, checked_scores
 from kka_ray.detectors.ssd import train
 from kka_ray.detectors.ssd.model import Gaussians, Standardiser
 
@@ -65,9 +65,7 @@ class SSD(Detector):
 
     def fit(self, normals: ImageSet, anomalies: ImageSet | None, *, seed: int, workdir: Path) -> dict:
         cfg = self.cfg
-        result = trainer.fit(train.train_loop_per_worker,
-                             {"cfg": cfg.model_dump(), "seed": seed, "data": ray.put(normals.images)},
-                             cfg.train, "ssd", workdir)
+        result = trainer.fit(train.fit_net, train.save, {"normals": normals.images}, cfg, seed, "ssd", workdir)
         self.checkpoint = result.checkpoint
         h = self.features(normals.images)
         self.standardise = Standardiser(h)
@@ -85,7 +83,4 @@ class SSD(Detector):
         scores = self.normal.distance(x)
         if self.anomaly is not None:
             scores = scores - self.anomaly.distance(x)
-        if not np.isfinite(scores).all():
-            raise FloatingPointError(f"SSD {self.checkpoint.path}: {int((~np.isfinite(scores)).sum())} scores are "
-                                     "NaN or infinite (the fit diverged); lower lr")
-        return scores
+        return checked_scores(scores, f"SSD {self.checkpoint.path}")

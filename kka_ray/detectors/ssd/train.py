@@ -5,18 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import ray
-import ray.train
-import ray.train.torch
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from kka_ray.ddp import Progress, all_reduce_sum, unwrap
-from kka_ray.detectors import trainer, weights
+from kka_ray.detectors import weights
 from kka_ray.detectors.backbone import build_backbone, to_input
 from kka_ray.detectors.ssd.model import ContrastiveNet, nt_xent, views
-from kka_ray.resources import peak_rss_mb
 
 WEIGHTS_FILE = "ssd.safetensors"
 FORMAT = "kka-ssd-1"
@@ -41,8 +37,9 @@ def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
     return to_input(images, size, lambda x: x)
 
 
-def fit_net(normals: np.ndarray, cfg, seed: int, *, prepare_model=lambda m: m, prepare_loader=lambda d: d,
+def fit_net(data: dict, cfg, seed: int, *, prepare_model=lambda m: m, prepare_loader=lambda d: d,
             rank: int = 0) -> tuple[ContrastiveNet, dict]:
+    normals = data["normals"]
     torch.manual_seed(seed)
     net = build_net(cfg)
     size = cfg.backbone.image_size
@@ -88,18 +85,6 @@ def load(folder: str | Path, cfg) -> ContrastiveNet:
     net = build_net(cfg, pretrained=False)  # every weight comes from the file
     net.load_state_dict(tensors)
     return net.eval()
-
-
-def train_loop_per_worker(config: dict) -> None:
-    from kka_ray.detectors.ssd.detector import SSDConfig
-
-    cfg = SSDConfig(**config["cfg"])
-    trainer.set_threads(cfg.train)
-    net, metrics = fit_net(ray.get(config["data"]), cfg, config["seed"],
-                           prepare_model=ray.train.torch.prepare_model,
-                           prepare_loader=ray.train.torch.prepare_data_loader,
-                           rank=ray.train.get_context().get_world_rank())
-    trainer.report_final({**metrics, "peak_rss_mb": peak_rss_mb()}, lambda folder: save(folder, net))
 
 
 class SSDFeatures:
