@@ -5,7 +5,7 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-vllm demo test lint benchmark
+.PHONY: setup setup-vllm demo test test-vllm lint benchmark
 
 setup:
 	bash scripts/setup.sh
@@ -29,6 +29,10 @@ demo: setup $(PRIOR)
 test: setup
 	$(PY) -m ruff check kka_ray jobs tests
 	$(PY) -m pytest -q
+
+# The vLLM tier: the vllm backend and Serve generating for real on the CPU build of vLLM (tests/vllm_tier).
+test-vllm: setup-vllm
+	.venv-vllm/bin/python -m pytest -q tests/vllm_tier
 
 # The recorded baseline: docs/results/fmnist-deepsad-baseline.json (about an hour on 2 cores).
 benchmark: setup

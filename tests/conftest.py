@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import pytest
@@ -7,6 +8,8 @@ from kka_ray.runtime import set_env_defaults
 set_env_defaults()
 os.environ.setdefault("KKA_PROGRESS", "0")
 os.environ.setdefault("KKA_TRACKING", "0")  # records written by tests stay out of runs/mlflow.db
+# The vLLM tier runs in its own venv (make test-vllm); the main venv has no vllm.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_tier"]
 
 
 @pytest.fixture(scope="session")

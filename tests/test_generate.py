@@ -11,7 +11,7 @@ from tiny_models import save_tiny_llama
 
 from kka_ray.llm import LMConfig, build_backend
 from kka_ray.llm.hf import HFGenerator, SeededSampler
-from kka_ray.llm.vllm_backend import postprocess_row, preprocess_row, processor_config
+from kka_ray.llm.vllm_backend import lora_source, postprocess_row, preprocess_row, processor_config
 from kka_ray.stages.generate import (
     PAPER_TEMPLATE,
     GenerateConfig,
@@ -106,31 +106,60 @@ def test_stream_end_to_end_with_provenance(ray_local, tiny_lm):
     assert again.descriptions.column("sentence").to_pylist() == result.descriptions.column("sentence").to_pylist()
 
 
-def test_vllm_processor_is_built_lazily_without_vllm(ray_local, tiny_lm):
+def test_vllm_processor_is_built_lazily_without_vllm(ray_local, tiny_lm, tmp_path):
     import ray
 
-    cfg = LMConfig(backend="vllm", model=tiny_lm, adapter="/adapters/iter1", tensor_parallel_size=2, batch_size=8,
+    adapter = tmp_path / "iter_1" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    cfg = LMConfig(backend="vllm", model=tiny_lm, adapter=str(adapter), tensor_parallel_size=2, batch_size=8,
                    actors=3)
     pc = processor_config(cfg)
     assert pc.engine_kwargs["tensor_parallel_size"] == 2 and pc.engine_kwargs["enable_lora"] is True
-    assert pc.batch_size == 8 and pc.concurrency == 3
+    assert "max_model_len" not in pc.engine_kwargs  # the model's own context unless configured
+    assert processor_config(cfg.model_copy(update={"max_model_len": 512})).engine_kwargs["max_model_len"] == 512
+    # `actors` is a fixed pool, as in the transformers backend (an int would autoscale from 1)
+    assert pc.batch_size == 8 and pc.get_concurrency() == {"min_size": 3, "max_size": 3}
     # no GPU asked: Ray's engine stage gets CPU-only bundles (its default reserves a GPU per engine worker)
     assert pc.placement_group_config["bundle_per_worker"] == {"CPU": cfg.cpus_per_actor, "GPU": 0.0}
     assert processor_config(cfg.model_copy(update={"gpus_per_actor": 1.0})).placement_group_config is None
+    assert pc.dynamic_lora_loading_path is None  # a local adapter is read where the engine runs
     plan = str(build_backend(cfg).apply(ray.data.from_items([{"messages": [], "seed": 1}])))
     assert "vLLMEngineStageUDF" in plan and "ChatTemplateUDF" in plan
     row = preprocess_row({"seed": 4, "row_id": 0, "prompt": "Please generate ..."}, cfg)
     assert row["sampling_params"] == {"temperature": 0.9, "top_p": 0.95, "max_tokens": 48, "seed": 4}
-    assert row["model"] == "/adapters/iter1"
+    assert row["model"] == str(adapter)
     # what the engine stages hand back: their own templated `prompt`, the text, bookkeeping
-    engine_row = {**row, "prompt": "<|im_start|>user ...", "generated_text": "x", "num_generated_tokens": 3,
-                  "num_input_tokens": 9, "logprobs": None, "embeddings": None, "batch_uuid": "b",
-                  "__inference_error__": "", "prompt_logprobs": None}  # Ray 2.60's columns (a real run's)
-    out = postprocess_row({**engine_row, "time_taken_llm": 0.5})
+    engine_row = {**row, "prompt": "<|im_start|>user ...", "generated_text": "x", "generated_tokens": [7, 8, 2],
+                  "num_generated_tokens": 3, "num_input_tokens": 9, "logprobs": None, "embeddings": None,
+                  "batch_uuid": "b", "__inference_error__": "", "prompt_logprobs": None}  # Ray 2.60's columns
+    out = postprocess_row({**engine_row, "time_taken_llm": 0.5}, special_ids=frozenset({2}))
+    assert out.pop("batch_end") - out.pop("batch_start") == pytest.approx(0.5)
+    # the EOS token (2 here) is not counted, as the transformers backend counts
     assert out == {"row_id": 0, "seed": 4, "prompt": "Please generate ...", "generated_text": "x",
-                   "num_generated_tokens": 3, "generation_seconds": 0.5}
+                   "num_generated_tokens": 2, "generation_seconds": 0.5}
     with pytest.raises(ValueError, match="lm.model"):
         processor_config(LMConfig(backend="vllm"))
+
+
+@pytest.mark.parametrize("adapter, path, name", [
+    ("s3://bucket/runs/a/iter_2/adapter", "s3://bucket/runs/a", "iter_2/adapter"),
+    ("gs://bucket/iter_0/adapter/", "gs://bucket", "iter_0/adapter"),
+    ("s3://bucket/adapter", "s3://bucket", "adapter"),
+])
+def test_vllm_remote_adapters_load_through_rays_lora_path(tiny_lm, adapter, path, name):
+    cfg = LMConfig(backend="vllm", model=tiny_lm, adapter=adapter)
+    assert lora_source(adapter) == (path, name)
+    assert processor_config(cfg).dynamic_lora_loading_path == path
+    assert preprocess_row({"seed": 1}, cfg)["model"] == name  # Ray refuses a URI as the LoRA name
+
+
+@pytest.mark.parametrize("adapter, match", [("hdfs://nn/run/iter_1/adapter", "hdfs://.*s3://"),
+                                            ("s3://bucket", "bucket>/<folder>"),
+                                            ("/no/such/adapter", "adapter_config.json")])
+def test_vllm_adapter_locations_it_cannot_load_are_named(tiny_lm, adapter, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        processor_config(LMConfig(backend="vllm", model=tiny_lm, adapter=adapter))
 
 
 def test_vllm_is_never_imported_unless_chosen():

@@ -31,6 +31,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, list[str]]] = {
     ("bench", "faults"): ("bench_faults", []),
     ("bench", "serve-load"): ("serve_load", []),
     ("bench", "gpu-sizing"): ("gpu_sizing", []),
+    ("bench", "vllm"): ("bench_vllm", []),
     ("convert-checkpoints",): ("convert_checkpoints", []),
 }
 

@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from kka_ray.config import load_config
 from kka_ray.serve.config import ServeConfig
-from kka_ray.serve.deployments import BASE, Describer, Evaluator, Renderer
+from kka_ray.serve.deployments import BASE, Describer, Evaluator, Renderer, llm_deployment
 from kka_ray.serve.guard import Guard, Policy, token_digest
 from kka_ray.serve.schemas import Anomaly, AnomalyRequest, AnomalyResponse, ModelsResponse, Provenance
 
@@ -180,10 +180,12 @@ def build_app(cfg: ServeConfig):
               "evaluator": evaluator_dir, "run": cfg.run, "image_size": cfg.image_size, "channels": cfg.channels}
     batch = {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
     ongoing = 2 * cfg.max_batch_size  # a replica must hold a full batch in flight plus the next one forming
+    # vllm: the engine is Ray Serve's LLM deployment and the Describer only builds prompts and cleans lines
+    llm, lora_names = llm_deployment(lm, adapters) if lm.backend == "vllm" else (None, {})
+    own = {"num_cpus": lm.cpus_per_actor, "num_gpus": lm.gpus_per_actor} if llm is None else {"num_cpus": 0.25}
     describer = Describer.options(
-        ray_actor_options={"num_cpus": lm.cpus_per_actor, "num_gpus": lm.gpus_per_actor}, num_replicas=lm.actors,
-        max_ongoing_requests=ongoing,
-    ).bind(cfg.generate.model_dump(), max_rounds=cfg.limits.max_rounds, **batch)
+        ray_actor_options=own, num_replicas=lm.actors if llm is None else 1, max_ongoing_requests=ongoing,
+    ).bind(cfg.generate.model_dump(), max_rounds=cfg.limits.max_rounds, llm=llm, lora_names=lora_names, **batch)
     renderer = Renderer.options(
         ray_actor_options={"num_cpus": render.cpus_per_actor, "num_gpus": render.gpus_per_actor},
         num_replicas=render.actors, max_ongoing_requests=ongoing,
