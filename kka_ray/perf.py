@@ -7,6 +7,7 @@ Every function returns a flat dict of numbers; the job caches each section and w
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -203,6 +204,16 @@ def stream_vs_staged(reps, ctx: NormalContext, cfg: KKAConfig, shape: tuple[int,
 
 STAGE_SECONDS = {f"{s}_seconds" for s in ("select", "generate", "clean", "render", "split", "update", "evaluate",
                                            "test", "dpo")}
+
+
+def run_written_since(run_dir: Path, name: str, since: float) -> Path:
+    """The run folder the demo command just wrote: `make demo` continues `name` or, once that one is finished,
+    starts `name`-2, -3, ...; timing an old folder's costs would be wrong."""
+    states = [s for s in run_dir.glob(f"{name}*/state.json") if s.stat().st_mtime >= since
+              and re.fullmatch(rf"{re.escape(name)}(-\d+)?", s.parent.name)]
+    if not states:
+        raise FileNotFoundError(f"{run_dir}: no {name} run folder written by the demo command")
+    return max(states, key=lambda s: s.stat().st_mtime).parent
 
 
 def run_folder_costs(run: Path) -> dict[str, float]:

@@ -187,6 +187,22 @@ def test_perf_bench_reads_a_runs_stage_costs(tiny_run):
     assert "| demo (minutes, target <= 10) | not measured |" in page and "| loop settings | 1.00 |" in page
 
 
+def test_perf_bench_times_the_run_folder_the_demo_wrote(tmp_path):
+    """`make demo` continues kka-demo or starts kka-demo-2, -3: the costs come from the folder it just wrote."""
+    import os
+    import time
+
+    from kka_ray.perf import run_written_since
+
+    for name, age in (("kka-demo", 100), ("kka-demo-2", 0), ("kka-demo-old", 0), ("other", 0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text("{}")
+        os.utime(tmp_path / name / "state.json", (time.time() - age,) * 2)
+    assert run_written_since(tmp_path, "kka-demo", time.time() - 50) == tmp_path / "kka-demo-2"
+    with pytest.raises(FileNotFoundError, match="no kka-demo run folder"):
+        run_written_since(tmp_path, "kka-demo", time.time() + 50)
+
+
 def test_controls_on_the_tiny_run(tiny_run, tmp_path, monkeypatch):
     """KKA's controls on the tiny run's iteration 0, read back as a T = 0 run: every control has |A_0| images of
     the task's shape; the in-domain control renders A_0's own sentences; a fit is cached, so a rerun refits

@@ -66,8 +66,9 @@ class Measure:
                                    pc.dpo_steps * cfg.prefer.batch_size)
             return perf.dpo(pairs, cfg, pc.dpo_steps, self.workdir)
         if name == "demo":
+            start = time.time()
             out = {"demo_minutes": timed_command(pc.demo_command)["minutes"]}
-            return out | perf.run_folder_costs(Path(cfg.run_dir) / cfg.name)
+            return out | perf.run_folder_costs(perf.run_written_since(Path(cfg.run_dir), cfg.name, start))
         if name == "tests":
             return {"test_minutes": timed_command(pc.test_command)["minutes"]}
         raise SystemExit(f"sections: unknown section {name!r} (one of {', '.join(perf.SECTIONS)})")
