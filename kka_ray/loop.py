@@ -248,13 +248,14 @@ def _run(cfg: KKAConfig, state: LoopState, workdir: Path, stop_after: int | None
     _say(f"select: {len(reps)} representatives: " + "; ".join(r.description for r in reps))
     if state.completed < 0:  # theta_C without anomalies judges iteration 0's candidates
         start = time.time()
-        judge_model, _ = fit_evaluator(task, None, cfg.evaluator, seed=cfg.seed, workdir=workdir)
-        _save_evaluator(store, judge_model, BASELINE_JUDGE)
-        state.pretrained = judge_model
-        baseline = judge_model
-        if cfg.detector is not None:
-            baseline = build_detector(cfg.detector)
-            baseline.fit(task.train_normal, None, seed=cfg.seed, workdir=workdir)
+        with tracker.fits("baseline"):
+            judge_model, _ = fit_evaluator(task, None, cfg.evaluator, seed=cfg.seed, workdir=workdir)
+            _save_evaluator(store, judge_model, BASELINE_JUDGE)
+            state.pretrained = judge_model
+            baseline = judge_model
+            if cfg.detector is not None:
+                baseline = build_detector(cfg.detector)
+                baseline.fit(task.train_normal, None, seed=cfg.seed, workdir=workdir)
         state.baseline.update(auroc=_test_auroc(baseline, task), seconds=time.time() - start)
         _say(f"SAD without anomalies: test AUROC {state.baseline['auroc']:.1f} ({state.baseline['seconds']:.0f} s)")
         tracker.log({"sad_auroc": state.baseline["auroc"], "sad_seconds": state.baseline["seconds"]})
@@ -265,8 +266,9 @@ def _run(cfg: KKAConfig, state: LoopState, workdir: Path, stop_after: int | None
         state.pretrained = DeepSAD.from_checkpoint(cfg.evaluator, store.path(BASELINE_JUDGE), store.fs)
         previous = store.read_table(f"{last}/anomalies.parquet")
     for t in range(state.completed + 1, T + 1):
-        previous, judge_model = run_iteration(cfg, state, task, reps, ctx, t, previous, judge_model,
-                                              (size, channels), workdir)
+        with tracker.fits(f"iter_{t}"):
+            previous, judge_model = run_iteration(cfg, state, task, reps, ctx, t, previous, judge_model,
+                                                  (size, channels), workdir)
         tracker.iteration(t, state.rows[-1], [f"iter_{t}/{f}" for f in ITERATION_ARTIFACTS])
         if stop_after is not None and t >= stop_after and t < T:
             _say(f"stopped after iteration {t} as asked; continue with --resume {store.location}")

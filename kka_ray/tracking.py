@@ -2,13 +2,16 @@
 final metrics, the report), a nested run per iteration (its metrics, grids and tables). By default a SQLite
 store inside the run folder (`mlflow.db`, artifacts in `mlflow-artifacts/`), so every run folder carries its own
 tracking; `tracking.uri` or MLFLOW_TRACKING_URI sends it to a team's server instead. `tracking.enabled: false`
-turns it off."""
+turns it off. Every Ray Train fit of a tracked run (theta_C, DPO, detectors) logs its curves from its rank-0
+worker to a run of its own nested under the KKA run, through Ray's MLflow integration (`setup_mlflow`)."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from pydantic import Field
@@ -17,6 +20,10 @@ from kka_ray.config import Strict, _flatten
 from kka_ray.store import RunStore, is_uri
 
 TRACKING_FILE = "tracking.json"  # the parent MLflow run id, so a resumed run logs into the same one
+# Where fits started now log their curves (set by Tracker.fits on the driver), and the rank-0 worker's MLflow
+# module while its fit runs (fit_run); None outside.
+_FIT_PARENT: ContextVar[dict | None] = ContextVar("kka_fit_parent", default=None)
+_WORKER_MLFLOW = None
 
 
 class TrackingConfig(Strict):
@@ -56,7 +63,7 @@ class Tracker:
             uri = f"sqlite:///{Path(store.location).resolve()}/mlflow.db"
         import mlflow
 
-        self.mlflow = mlflow
+        self.mlflow, self.uri = mlflow, uri
         self.client = client = mlflow.MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
@@ -105,6 +112,49 @@ class Tracker:
     def artifacts(self, rels: list[str]) -> None:
         if self.client is not None:
             self._files(self.run_id, rels)
+
+    @contextmanager
+    def fits(self, label: str):
+        """Ray Train fits started inside log their curves to MLflow runs "<label> <fit>" under this run."""
+        parent = {"uri": self.uri, "experiment_id": self.experiment, "parent": self.run_id, "label": label} \
+            if self.client is not None else None
+        token = _FIT_PARENT.set(parent)
+        try:
+            yield
+        finally:
+            _FIT_PARENT.reset(token)
+
+
+def fit_tracking(name: str) -> dict:
+    """train_loop_config entries that make the fit started now log its curves (none outside Tracker.fits)."""
+    parent = _FIT_PARENT.get()
+    return {"mlflow": {**parent, "name": f"{parent['label']} {name}"}} if parent else {}
+
+
+@contextmanager
+def fit_run(config: dict):
+    """In a Ray Train worker: the fit's nested MLflow run while it trains, on rank 0 only (Ray's setup_mlflow
+    hands the other ranks a module that does nothing)."""
+    global _WORKER_MLFLOW
+    spec = config.get("mlflow")
+    if spec is None:
+        yield
+        return
+    from ray.air.integrations.mlflow import setup_mlflow
+
+    _WORKER_MLFLOW = setup_mlflow(tracking_uri=spec["uri"], experiment_id=spec["experiment_id"],
+                                  run_name=spec["name"], tags={"mlflow.parentRunId": spec["parent"]})
+    try:
+        yield
+    finally:
+        _WORKER_MLFLOW.end_run()
+        _WORKER_MLFLOW = None
+
+
+def log_step(metrics: dict, step: int) -> None:
+    """A point of the running fit's curves (nothing outside fit_run or on ranks other than 0)."""
+    if _WORKER_MLFLOW is not None:
+        _WORKER_MLFLOW.log_metrics(numeric(metrics), step=step)
 
 
 BENCHMARKS = "kka-ray-benchmarks"

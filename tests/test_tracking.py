@@ -26,8 +26,19 @@ def test_the_tiny_run_is_tracked_in_its_folder(tiny_run):
     assert "MLFLOW_TRACKING_URI" not in os.environ
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.info.run_name for c in children) == ["iter_0", "iter_1", "iter_2"]
-    for child in children:
+    iterations = [c for c in children if " " not in c.info.run_name]
+    assert sorted(c.info.run_name for c in iterations) == ["iter_0", "iter_1", "iter_2"]
+    # every Ray Train fit logged its curve from its worker (Ray's setup_mlflow), nested under the KKA run
+    fits = {c.info.run_name: c.info.run_id for c in children if " " in c.info.run_name}
+    epochs = client.get_metric_history(fits["baseline deepsad"], "deepsad_train_epoch_loss")
+    assert [m.step for m in epochs] == list(range(1, cfg.evaluator.epochs + 1))
+    for t, row in enumerate(state.rows):
+        assert f"iter_{t} deepsad" in fits
+        if row.get("pairs_trained"):
+            losses = client.get_metric_history(fits[f"iter_{t} dpo"], "loss")
+            assert [m.step for m in losses] == list(range(1, cfg.prefer.steps + 1))
+    assert any(r.get("pairs_trained") for r in state.rows)
+    for child in iterations:
         t = int(child.info.run_name.split("_")[1])
         assert child.data.metrics["hard_share"] == pytest.approx(state.rows[t]["hard_share"])
         files = {a.path for a in client.list_artifacts(child.info.run_id, f"iter_{t}")}

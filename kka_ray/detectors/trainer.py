@@ -16,6 +16,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from kka_ray.config import Strict
 from kka_ray.resources import peak_rss_mb
 from kka_ray.runtime import trainer_cls
+from kka_ray.tracking import fit_run, fit_tracking
 
 
 class TrainWorkers(Strict):
@@ -37,7 +38,7 @@ def fit(fit_fn: Callable, save_fn: Callable, data: dict, cfg, seed: int, name: s
     trainer = trainer_cls()(
         _worker,
         train_loop_config={"fit": fit_fn, "save": save_fn, "cfg_cls": type(cfg), "cfg": cfg.model_dump(),
-                           "seed": seed, "data": ray.put(data)},
+                           "seed": seed, "data": ray.put(data), **fit_tracking(name)},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
                                      resources_per_worker={"CPU": workers.cpus_per_worker}),
         run_config=RunConfig(name=f"{name}-{uuid.uuid4().hex[:8]}", storage_path=str(Path(workdir).resolve()),
@@ -53,10 +54,11 @@ def _worker(config: dict) -> None:
 
     cfg = config["cfg_cls"](**config["cfg"])
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
-    model, metrics = config["fit"](ray.get(config["data"]), cfg, config["seed"],
-                                   prepare_model=ray.train.torch.prepare_model,
-                                   prepare_loader=ray.train.torch.prepare_data_loader,
-                                   rank=ray.train.get_context().get_world_rank())
+    with fit_run(config):
+        model, metrics = config["fit"](ray.get(config["data"]), cfg, config["seed"],
+                                       prepare_model=ray.train.torch.prepare_model,
+                                       prepare_loader=ray.train.torch.prepare_data_loader,
+                                       rank=ray.train.get_context().get_world_rank())
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:

@@ -38,6 +38,7 @@ from kka_ray.precision import BF16_DESCRIPTION, Bf16, resolve_bf16
 from kka_ray.resources import peak_rss_mb
 from kka_ray.runtime import trainer_cls
 from kka_ray.stages.generate import GenerateConfig, messages_for
+from kka_ray.tracking import fit_run, fit_tracking, log_step
 
 
 class PreferConfig(Strict):
@@ -211,6 +212,12 @@ def dpo_loop_per_worker(config: dict) -> None:
                                       "setup_seconds": self.setup, "bf16": float(args.bf16),
                                       "peak_rss_mb": peak_rss_mb()})
 
+    class Curves(TrainerCallback):
+        """trl's per-step logs (loss, reward margin and accuracy, ...) into the fit's MLflow run, if tracked."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log_step(logs or {}, state.global_step)
+
     datasets.utils.logging.set_verbosity_error()  # its cache fingerprinting dumps bytecode on trl's lambdas
     datasets.disable_caching()
     setup_start = time.time()
@@ -243,8 +250,9 @@ def dpo_loop_per_worker(config: dict) -> None:
         trainer = DPOTrainer(model, args=args, train_dataset=Dataset.from_list(ray.get(config["pairs"])),
                              eval_dataset=Dataset.from_list(heldout) if heldout else None,
                              processing_class=tok, peft_config=lora,
-                             callbacks=[RoundSummary(setup_start), RayTrainReportCallback()])
-        prepare_trainer(trainer).train()
+                             callbacks=[RoundSummary(setup_start), Curves(), RayTrainReportCallback()])
+        with fit_run(config):
+            prepare_trainer(trainer).train()
 
 
 def split_pairs(pairs: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -273,7 +281,8 @@ def run_dpo(pairs: pa.Table, lm: LMConfig, cfg: PreferConfig, *, seed: int, work
     trainer = trainer_cls()(
         dpo_loop_per_worker,
         train_loop_config={"prefer": cfg.model_dump(), "lm": lm.model_dump(), "seed": seed,
-                           "pairs": ray.put(dpo_records(pairs)), "heldout": ray.put(dpo_records(heldout))},
+                           "pairs": ray.put(dpo_records(pairs)), "heldout": ray.put(dpo_records(heldout)),
+                           **fit_tracking("dpo")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=f"dpo-{uuid.uuid4().hex[:8]}", storage_path=str(Path(workdir).resolve())),

@@ -17,6 +17,7 @@ from kka_ray.detectors.deepsad.loss import ANOMALY, NORMAL
 from kka_ray.detectors.deepsad.networks import net_spec
 from kka_ray.detectors.deepsad.train import DeepSADScorer, train_loop_per_worker
 from kka_ray.runtime import trainer_cls
+from kka_ray.tracking import fit_tracking
 
 
 def training_arrays(normals: ImageSet, anomalies: ImageSet | None) -> dict[str, np.ndarray]:
@@ -64,6 +65,7 @@ class DeepSAD(Detector):
                 "spec": spec.__dict__,
                 "seed": seed,
                 "data": ray.put(training_arrays(normals, anomalies)),
+                **fit_tracking("deepsad"),
                 "pretrained": pretrained.checkpoint if pretrained is not None else None,
             },
             scaling_config=ScalingConfig(

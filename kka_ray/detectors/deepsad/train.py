@@ -22,6 +22,7 @@ from kka_ray.detectors.deepsad.loss import deep_sad_loss, fix_center, squared_di
 from kka_ray.detectors.deepsad.networks import AutoEncoder, Encoder, NetSpec
 from kka_ray.precision import resolve_bf16
 from kka_ray.resources import peak_rss_mb
+from kka_ray.tracking import fit_run
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -160,11 +161,12 @@ def _center(net: torch.nn.Module, loader: DataLoader, eps: float = 0.1) -> torch
 def train_loop_per_worker(config: dict) -> None:
     cfg = resolved(DeepSADConfig(**config["cfg"]), ray.train.torch.get_device().type)
     torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
-    fitted = fit_deep_sad(ray.get(config["data"]), NetSpec(**config["spec"]), cfg, config["seed"],
-                          _pretrained_encoder(config.get("pretrained")),
-                          prepare_model=ray.train.torch.prepare_model,
-                          prepare_loader=ray.train.torch.prepare_data_loader,
-                          resume=_restart_state(), save=_report_restart)
+    with fit_run(config):
+        fitted = fit_deep_sad(ray.get(config["data"]), NetSpec(**config["spec"]), cfg, config["seed"],
+                              _pretrained_encoder(config.get("pretrained")),
+                              prepare_model=ray.train.torch.prepare_model,
+                              prepare_loader=ray.train.torch.prepare_data_loader,
+                              resume=_restart_state(), save=_report_restart)
     _report_final({**fitted.metrics, "peak_rss_mb": peak_rss_mb()}, fitted.net, fitted.c,
                   NetSpec(**config["spec"]), fitted.pretrained)
 
