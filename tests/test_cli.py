@@ -2,10 +2,16 @@
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from tiny_loop import tiny_config
 
 from kka_ray.commands import COMMANDS, main
 
@@ -25,6 +31,24 @@ def test_a_command_help_lists_its_config_fields(capsys):
     assert "usage: kka bench table2" in out
     assert "figures.detector (str | None; default 'simplenet'): Record name of the detector" in out
     assert "detectors (dict[str, detector config]; (required))" in out
+
+
+def test_kka_loop_runs_a_tiny_loop_with_only_its_own_progress(tiny, tmp_path):
+    """The console script on a fresh local Ray (no dashboard): the loop's lines and the fits' progress, none of
+    Ray's INFO lines, and no PlacementGroupCleaner traceback (Ray 2.60's, without a dashboard)."""
+    cfg = tiny_config(tiny, tmp_path / "runs", name="cli", update={"iterations": 1})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k not in ("KKA_LOG_LEVEL", "KKA_QUIET")} | {"RAY_ADDRESS": ""}
+    out = subprocess.run([Path(sys.executable).parent / "kka", "loop", "--config", str(config), "--stop-after", "0"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "iter 0 evaluate: SAD + KKA(0) test AUROC" in log and "deepsad train epoch 1/1" in log
+    for noise in ("PlacementGroupCleaner", "Failed to query Ray Train Controller", "Reporting training result",
+                  "Requesting resources"):
+        assert noise not in log, noise
+    assert (tmp_path / "runs" / "cli" / "iter_0" / "anomalies.parquet").is_file()
 
 
 def test_unknown_command_is_named():
