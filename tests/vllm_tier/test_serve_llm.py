@@ -10,7 +10,9 @@ LM = LMConfig(backend="vllm", model="/models/smollm2", cpus_per_actor=1.5, actor
 
 
 def llm_config(app):
-    return app._bound_deployment._init_args[0]  # the LLMConfig the LLMServer replicas start from
+    """The LLMConfig the LLMServer replicas start from (a bind argument of the built application)."""
+    d = app._bound_deployment
+    return next(a for a in (*d.init_args, *d.init_kwargs.values()) if hasattr(a, "lora_config"))
 
 
 def test_a_runs_remote_adapters_become_lora_models_of_one_engine(ray_local):
