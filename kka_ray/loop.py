@@ -132,12 +132,18 @@ def continue_or_next(cfg: KKAConfig) -> tuple[KKAConfig, bool]:
         store = RunStore(location)
         if not store.exists(STATE):
             return named, False
-        unfinished = store.read_state(STATE)["completed"] < cfg.update.iterations
-        same = not config_diff(run_seeded(load_run_config(location, [])).model_dump(mode="json"),
-                               run_seeded(named).model_dump(mode="json"), ignore=("ray.", "train_storage", "tracking."))
-        if unfinished and same:
+        if store.read_state(STATE)["completed"] < cfg.update.iterations and _same_run(location, named):
             return named, True
         k += 1
+
+
+def _same_run(location: str, cfg: KKAConfig) -> bool:
+    try:
+        saved = load_run_config(location, [])
+    except ConfigError:  # saved by a version with other options: another run, left alone
+        return False
+    return not config_diff(run_seeded(saved).model_dump(mode="json"), run_seeded(cfg).model_dump(mode="json"),
+                           ignore=("ray.", "train_storage", "tracking."))
 
 
 def open_run(cfg: KKAConfig, resume: bool, take_over: bool = False) -> LoopState:

@@ -111,3 +111,8 @@ def test_continue_resumes_an_unfinished_run_and_never_reuses_a_finished_one(tmp_
     other = cfg.model_copy(update={"seed": 5})
     _saved(tmp_path, "kka-demo-2", cfg, completed=0)
     assert continue_or_next(other)[0].name == "kka-demo-3"  # an unfinished run of another config is left alone
+    # a folder saved by a version with other options (unknown keys) is another run, finished or not
+    store = RunStore(tmp_path / "kka-demo-3")
+    store.write_text("config.yaml", yaml.safe_dump({**cfg.model_dump(mode="json"), "prefer": {"pairs_per_hard": 4}}))
+    store.write_state(STATE, {"completed": 0, "rows": [], "baseline": {}})
+    assert continue_or_next(other) == (other.model_copy(update={"name": "kka-demo-4"}), False)
