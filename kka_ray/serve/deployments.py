@@ -183,7 +183,9 @@ def llm_deployment(lm: LMConfig, adapters: dict[int, str]) -> tuple[object, dict
         engine_kwargs=engine_kwargs(lm.model_copy(update={"adapter": uris[0] if uris else None})),
         lora_config={"dynamic_lora_loading_path": roots.pop(), "max_num_adapters_per_replica": len(uris)}
         if uris else None,
-        deployment_config={"num_replicas": lm.actors},
+        # the replica actor only relays to its engine: no CPU of its own (Ray merges it into the engine's bundle,
+        # one CPU by default, which on a small node starves the other deployments)
+        deployment_config={"num_replicas": lm.actors, "ray_actor_options": {"num_cpus": 0}},
         # a CPU build of vLLM: bundles of CPUs only (Ray's default bundle asks for a GPU)
         **({"placement_group_config": {"bundles": [{"CPU": lm.cpus_per_actor}]}} if lm.gpus_per_actor == 0
            else {}))

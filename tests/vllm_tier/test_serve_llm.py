@@ -22,7 +22,7 @@ def test_a_runs_remote_adapters_become_lora_models_of_one_engine(ray_local):
     cfg = llm_config(app)
     assert cfg.lora_config.dynamic_lora_loading_path == run and cfg.lora_config.max_num_adapters_per_replica == 2
     assert cfg.engine_kwargs["enable_lora"] is True and cfg.engine_kwargs["max_model_len"] == 1024
-    assert cfg.deployment_config["num_replicas"] == 2
+    assert cfg.deployment_config == {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0}}  # CPUs: the engine's
     assert cfg.placement_group_config == {"bundles": [{"CPU": 1.5}]}  # a CPU build of vLLM: no GPU asked
 
 
