@@ -29,3 +29,13 @@ def test_a_figure_no_step_logged_is_nan():
     assert m["round_loss"] == 0.7 and m["round_steps"] == 1
     assert math.isnan(m["round_reward_margin"]) and math.isnan(m["round_reward_accuracy"])
     assert round_means([])["round_steps"] == 0
+
+
+def test_sizing_grid_items_and_a_bad_one_named():
+    from kka_ray.commands.bench_dpo_sizing import grid_items, setting_key
+    from kka_ray.config import ConfigError
+
+    assert grid_items("16:5e-4, 8:1e-3:2") == [(16, 5e-4, None), (8, 1e-3, 2)]
+    assert setting_key(8, 1e-3, 2) != setting_key(8, 1e-3)
+    with pytest.raises(ConfigError, match="'8-1e-3'"):
+        grid_items("16:5e-4,8-1e-3")
