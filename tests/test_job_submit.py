@@ -5,6 +5,7 @@ runs in the foreground (--block) so stopping it leaves other Ray instances (the 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def head(tmp_path):
         [Path(sys.executable).parent / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", *agents,
          "--object-store-memory=300000000", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 90
     while time.time() < deadline:  # the job server answers once the dashboard is up
@@ -47,11 +48,25 @@ def head(tmp_path):
             break
         time.sleep(2)
     else:
-        proc.terminate()
+        stop(proc)
         pytest.fail("ray head did not come up within 90 s")
     yield address, env
-    proc.terminate()
-    proc.wait(timeout=60)
+    stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """The head and everything it started (its own process group): `ray start --block` alone, terminated, shut
+    its processes down one after the other for about 30 s; all of them at once, then a kill for what is left, 5 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever ignored the request
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
 
 
 def test_ray_job_submit_runs_the_loop(head, tiny, tmp_path):

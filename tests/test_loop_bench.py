@@ -86,8 +86,8 @@ def test_a_run_folder_made_with_another_config_is_refused(cfg):
     assert run_one(run)["baseline"]["auroc"] == 70  # the same run: read back, nothing runs
     assert run_one(run.model_copy(update={"ray": RayConfig(num_cpus=1)}))["rows"]  # where it runs may change
     # a finished run is checked too, and a changed iteration count is a changed benchmark
-    changed = cfg.model_copy(update={"loop_overrides": ["prefer.steps=8", "update.iterations=3"]})
-    with pytest.raises(ConfigError, match=r"shirt-seed0/config.yaml: .*prefer\.steps: 16 -> 8; "
+    changed = cfg.model_copy(update={"loop_overrides": ["prefer.steps=4", "update.iterations=3"]})
+    with pytest.raises(ConfigError, match=r"shirt-seed0/config.yaml: .*prefer\.steps: 8 -> 4; "
                                           r"update\.iterations: 2 -> 3; .*or remove"):
         run_one(run_config(changed, "shirt", 0))
 
