@@ -72,7 +72,8 @@ class DeepSADConfig(Strict):
                               "node, a kill); each resumes from the last restart checkpoint")
     checkpoint_every: int = Field(5, ge=0, description="Epochs between restart checkpoints of either phase (0: "
                                   "none; a restart then begins the fit again). Resumed fits equal undisturbed ones")
-    score_actors: int = Field(1, ge=1, description="Ray Data actors that score with the checkpoint")
+    score_actors: int = Field(1, ge=1, description="Ray Data workers that score with the checkpoint in parallel "
+                              "(actors on GPUs, tasks on CPUs)")
     score_batch_size: int = Field(1024, ge=1)
 
 

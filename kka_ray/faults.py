@@ -38,8 +38,12 @@ class Fault:
 
 FAULTS = (
     Fault("lm_actor", "a language-model actor, mid-batch", ("HFGenerator",), after_s=25),
-    Fault("render_actor", "a render actor, mid-stream", ("DiffusersRenderer",), after_s=8),
-    Fault("train_worker", "a Ray Train worker, mid-fit (the first Deep SAD fit)", ("RayTrainWorker",), after_s=40),
+    # A render actor loads its pipeline for its first seconds (a kill at 8 s hit its __init__); the stream runs
+    # from about 20 s to 50 s of its life on the demo's config.
+    Fault("render_actor", "a render actor, mid-stream", ("DiffusersRenderer",), after_s=30),
+    # The demo's first Deep SAD worker lives about 35 s (autoencoder 17 s, then Deep SAD); at 40 s the kill hit
+    # the first DPO worker instead.
+    Fault("train_worker", "a Ray Train worker, mid-fit (the first Deep SAD fit)", ("RayTrainWorker",), after_s=15),
     Fault("driver", "the driver, mid-iteration 1 (then --resume)", driver_line="iter 1 generate+render"),
     Fault("worker_node", "the worker node of a two-node cluster on loopback, while it runs a stage",
           ("RayTrainWorker", "MapWorker"), after_s=10),

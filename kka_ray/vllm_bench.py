@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import gc
 import os
+import secrets
 import shutil
 import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +93,11 @@ def dpo_adapter(cfg: VLLMBenchConfig, lm: LMConfig, workdir: Path) -> tuple[Path
         return Path(shutil.copytree(adapter_files(Path(d)), workdir / "adapter")), metrics
 
 
-def serve_pass(cfg: VLLMBenchConfig, model: str) -> dict[str, float]:
-    """The Serve app on the vllm backend (Ray Serve's LLM deployment), `serve_requests` requests."""
-    import requests
+@contextmanager
+def vllm_service(model: str, overrides: list[str] = (), token_env: str = TOKEN_ENV):
+    """The Serve app on the vllm backend (Ray Serve's LLM deployment) on a free loopback port with a fresh token
+    in `token_env`: yields (the URL of POST /v1/anomalies, its auth headers, seconds the app took to start), and
+    shuts the app down after. `overrides` are ServeConfig settings (`key=value`)."""
     from ray import serve
 
     from kka_ray.serve.app import build_app, http_options
@@ -102,30 +106,35 @@ def serve_pass(cfg: VLLMBenchConfig, model: str) -> dict[str, float]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    scfg = load_config(ServeConfig, None, [
+    cfg = load_config(ServeConfig, None, [
         "generate.lm.backend=vllm", f"generate.lm.model={model}", "generate.lm.cpus_per_actor=1",
-        f"generate.lm.max_new_tokens={cfg.max_new_tokens}", "render.cpus_per_actor=0.5",
-        f"auth.token_env={TOKEN_ENV}", f"port={port}"])
-    os.environ[TOKEN_ENV] = os.urandom(16).hex()
-    serve.start(http_options=http_options(scfg))
+        "render.cpus_per_actor=0.5", *overrides, f"auth.token_env={token_env}", f"port={port}"])
+    os.environ[token_env] = secrets.token_hex(16)
+    serve.start(http_options=http_options(cfg))
     try:
         start = time.perf_counter()
-        serve.run(build_app(scfg), name="kka-vllm-bench", route_prefix="/")
-        ready = time.perf_counter() - start
-        headers = {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"}
+        serve.run(build_app(cfg), name="kka-vllm", route_prefix="/")
+        yield (f"http://127.0.0.1:{port}/v1/anomalies", {"Authorization": f"Bearer {os.environ[token_env]}"},
+               time.perf_counter() - start)
+    finally:
+        serve.shutdown()
+        os.environ.pop(token_env, None)
 
+
+def serve_pass(cfg: VLLMBenchConfig, model: str) -> dict[str, float]:
+    """`serve_requests` requests, 4 at a time, to the Serve app on the vllm backend."""
+    import requests
+
+    with vllm_service(model, [f"generate.lm.max_new_tokens={cfg.max_new_tokens}"]) as (url, headers, ready):
         def one(seed: int) -> tuple[bool, float]:
             body = {"normal_descriptions": cfg.descriptions[:2], "domain": cfg.domain, "count": cfg.serve_count,
                     "seed": seed, "return_images": False}
             t = time.perf_counter()
-            r = requests.post(f"http://127.0.0.1:{port}/v1/anomalies", json=body, headers=headers, timeout=600)
+            r = requests.post(url, json=body, headers=headers, timeout=600)
             return r.status_code == 200 and bool(r.json()["anomalies"]), time.perf_counter() - t
 
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(one, range(cfg.serve_requests)))
-    finally:
-        serve.shutdown()
-        del os.environ[TOKEN_ENV]
     return {"serve_requests": cfg.serve_requests, "serve_requests_ok": sum(ok for ok, _ in results),
             "serve_start_s": ready, "serve_latency_s_median": float(np.median([s for _, s in results]))}
 

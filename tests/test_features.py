@@ -69,3 +69,28 @@ def test_run_select_on_fashion_mnist(ray_local):
     assert all(r.description.startswith(normals.descriptions[0][0] + ", ") for r in reps)
     assert len({r.description for r in reps}) == 3
     assert all(np.isfinite(r.mahalanobis) and r.mahalanobis >= 0 for r in reps)
+
+
+def test_a_mapped_callable_is_built_once_per_call_in_a_worker():
+    """map_images on CPUs: Ray tasks in reused worker processes build the callable once per call (key), not per
+    batch, and keep only the newest few."""
+    from kka_ray import actor_map
+
+    built = []
+
+    class Doubler:
+        def __init__(self, tag):
+            built.append(tag)
+
+        def __call__(self, batch):
+            return {"row": batch["row"], "out": batch["row"] * 2}
+
+    actor_map._BUILT.clear()
+    batch = {"row": np.arange(3)}
+    for _ in range(3):
+        assert actor_map._built_call(batch, Doubler, {"tag": "a"}, "call-a")["out"].tolist() == [0, 2, 4]
+    assert built == ["a"]
+    for key in ("call-b", "call-c"):
+        actor_map._built_call(batch, Doubler, {"tag": key}, key)
+    assert list(actor_map._BUILT) == ["call-b", "call-c"]  # call-a evicted
+    actor_map._BUILT.clear()

@@ -126,7 +126,7 @@ def test_vllm_processor_is_built_lazily_without_vllm(ray_local, tiny_lm, tmp_pat
     assert pc.dynamic_lora_loading_path is None  # a local adapter is read where the engine runs
     plan = str(build_backend(cfg).apply(ray.data.from_items([{"messages": [], "seed": 1}])))
     assert "vLLMEngineStageUDF" in plan and "ChatTemplateUDF" in plan
-    row = preprocess_row({"seed": 4, "row_id": 0, "prompt": "Please generate ..."}, cfg)
+    row = preprocess_row({"seed": 4, "row_id": 0, "prompt": "Please generate ..."}, cfg, lora_source(str(adapter))[1])
     assert row["sampling_params"] == {"temperature": 0.9, "top_p": 0.95, "max_tokens": 48, "seed": 4}
     assert row["model"] == str(adapter)
     # what the engine stages hand back: their own templated `prompt`, the text, bookkeeping
@@ -151,7 +151,8 @@ def test_vllm_remote_adapters_load_through_rays_lora_path(tiny_lm, adapter, path
     cfg = LMConfig(backend="vllm", model=tiny_lm, adapter=adapter)
     assert lora_source(adapter) == (path, name)
     assert processor_config(cfg).dynamic_lora_loading_path == path
-    assert preprocess_row({"seed": 1}, cfg)["model"] == name  # Ray refuses a URI as the LoRA name
+    assert preprocess_row({"seed": 1}, cfg, lora_source(adapter)[1])["model"] == name  # Ray refuses a URI as the name
+    assert "model" not in preprocess_row({"seed": 1}, cfg)  # no adapter: the engine's own model
 
 
 @pytest.mark.parametrize("adapter, match", [("hdfs://nn/run/iter_1/adapter", "hdfs://.*s3://"),

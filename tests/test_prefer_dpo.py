@@ -51,3 +51,24 @@ def test_second_round_continues_the_first_with_it_as_reference(ray_local, tiny, 
 def test_no_pairs_is_an_error(ray_local, tiny, tmp_path):
     with pytest.raises(ValueError, match="at least one preference pair"):
         run_dpo(pairs(0), LMConfig(model=tiny["lm"]), PreferConfig(), seed=0, workdir=tmp_path)
+
+
+def test_a_round_whose_worker_dies_is_restarted(ray_local, monkeypatch, tmp_path):
+    """A lost DPO worker (a preempted node) restarts the round, as many times as `max_failures` allows, instead
+    of ending the loop (the fault job kills one for real: jobs/bench_faults.py)."""
+    import kka_ray.stages.prefer as prefer
+
+    seen = {}
+
+    class Trainer:
+        def __init__(self, fn, *, run_config, **kwargs):
+            seen["max_failures"] = run_config.failure_config.max_failures
+
+        def fit(self):
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(prefer, "trainer_cls", lambda: Trainer)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_dpo(pairs(), LMConfig(model="unused"), PreferConfig(max_failures=2), seed=0, workdir=tmp_path)
+    assert seen["max_failures"] == 2
+    assert PreferConfig().max_failures >= 1

@@ -44,7 +44,8 @@ class BackboneConfig(Strict):
                             "backbone's stage names (stage1..) for a hub model")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N")
     batch_size: int = Field(128, ge=1, description="Images per forward pass when extracting features")
-    actors: int = Field(1, ge=1, description="Ray Data actors that extract features")
+    actors: int = Field(1, ge=1, description="Ray Data workers that extract features in parallel "
+                        "(actors on GPUs, tasks on CPUs)")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per actor; its torch threads = max(1, int(this))")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (fractions share one GPU)")
 

@@ -16,7 +16,8 @@ class FeatureConfig(Strict):
     weights: str | None = Field(None, description="Local .pth weights; None = the file of the offline weights package")
     image_size: int = Field(224, ge=32, description="Images are resized to a square of this side")
     batch_size: int = Field(64, ge=1, description="Images per forward pass")
-    actors: int = Field(1, ge=1, description="Ray Data actors that embed in parallel")
+    actors: int = Field(1, ge=1, description="Ray Data workers that embed in parallel "
+                        "(actors on GPUs, tasks on CPUs)")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per actor; its torch threads = max(1, int(this))")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (fractions share one GPU)")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N")

@@ -73,16 +73,17 @@ def sampling_params(cfg: LMConfig, seed: int) -> dict:
     return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens, "seed": int(seed)}
 
 
-def preprocess_row(row: dict, cfg: LMConfig) -> dict:
+def preprocess_row(row: dict, cfg: LMConfig, lora: str | None = None) -> dict:
     """Row-specific sampling (its own seed) and, with an adapter, the LoRA request: a `model` other than the
-    engine's is served as a LoRA adapter by Ray's engine stage."""
+    engine's (`lora`, the adapter's name from lora_source, found once per stage) is served as a LoRA adapter by
+    Ray's engine stage."""
     # Our columns, named so that postprocess keeps exactly them: Ray's stages add their own (token counts,
     # logprobs, embeddings, batch ids, error columns) and that set changes between Ray versions.
     out = {**row, "sampling_params": sampling_params(cfg, row["seed"]), "kka_columns": ",".join(row)}
     if "prompt" in row:  # Ray's chat-template stage writes its own `prompt` column; keep ours aside
         out["kka_prompt"] = out.pop("prompt")
-    if cfg.adapter:
-        out["model"] = lora_source(cfg.adapter)[1]
+    if lora:
+        out["model"] = lora
     return out
 
 
@@ -147,7 +148,8 @@ class VLLMBackend(LMBackend):
     def apply(self, ds):
         from ray.data.llm import build_processor
 
+        lora = lora_source(self.cfg.adapter)[1] if self.cfg.adapter else None
         processor = build_processor(
-            processor_config(self.cfg), preprocess=partial(preprocess_row, cfg=self.cfg),
+            processor_config(self.cfg), preprocess=partial(preprocess_row, cfg=self.cfg, lora=lora),
             postprocess=partial(postprocess_row, special_ids=special_token_ids(self.cfg.model)))
         return processor(ds)

@@ -69,6 +69,8 @@ class PreferConfig(Strict):
                                  "dpo-sizing-fmnist). On when steps revisit pairs")
     ref_batch_size: int = Field(16, ge=1, description="Pairs per reference forward pass when precomputed")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DPO)")
+    max_failures: int = Field(1, ge=0, description="Ray Train restarts of a round whose worker died (a preempted "
+                              "node, a kill): the round starts again from its first step, with the same seed")
     cpus_per_worker: float = Field(2.0, gt=0)
     use_gpu: bool = False
 
@@ -274,7 +276,7 @@ def run_dpo(pairs: pa.Table, lm: LMConfig, cfg: PreferConfig, *, seed: int, work
     adapter, metrics). In the metrics, `round_loss`, `round_reward_margin` and `round_reward_accuracy` are the
     means over all the round's steps, `heldout_loss`, `heldout_reward_margin` and `heldout_reward_accuracy` the
     held-out pairs' after it; trl's own keys (`loss`, `rewards/margins`, ...) are its last step's."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
 
     pairs, heldout = split_pairs(pairs)
     if len(pairs) == 0:
@@ -286,7 +288,8 @@ def run_dpo(pairs: pa.Table, lm: LMConfig, cfg: PreferConfig, *, seed: int, work
                            **fit_tracking("dpo")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=f"dpo-{uuid.uuid4().hex[:8]}", storage_path=str(Path(workdir).resolve())),
+        run_config=RunConfig(name=f"dpo-{uuid.uuid4().hex[:8]}", storage_path=str(Path(workdir).resolve()),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
     result = trainer.fit()
     if result.checkpoint is None:

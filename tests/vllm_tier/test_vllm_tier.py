@@ -2,26 +2,22 @@
 vLLM batch processor inside the knowledge stage, with a DPO adapter from a real round applied per row, and the
 Serve app answering through Ray Serve's LLM deployment."""
 
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import requests
 
-from kka_ray.config import load_config
 from kka_ray.llm import LMConfig
-from kka_ray.serve.config import ServeConfig
 from kka_ray.stages.generate import GenerateConfig, NormalContext, generate_descriptions
 from kka_ray.stages.prefer import PreferConfig, adapter_files, run_dpo
 from kka_ray.stages.select import Representative
 from kka_ray.text.clean import CleanConfig
+from kka_ray.vllm_bench import vllm_service
 
 REPS = [Representative(0, "train:1", "a plain shirt with long sleeves and a row of buttons", 0.5, 10),
         Representative(1, "train:7", "a checked flannel shirt with a collar and two chest pockets", 0.7, 12)]
-TOKEN_ENV, TOKEN = "KKA_TEST_SERVE_TOKEN", "s3cret-for-the-vllm-service"
 CTX = NormalContext(task="fashion_mnist/shirt/seed0", domain="clothing items", normal_names=("shirt",),
                     other_names=("t-shirt", "dress"), normal_descriptions=tuple(r.description for r in REPS))
 
@@ -59,7 +55,9 @@ def test_the_knowledge_stage_generates_through_rays_vllm_processor(ray_local, sm
     assert schema(base_run.rejects) == schema(hf.rejects)
 
 
-def test_a_dpo_adapter_from_a_real_round_changes_the_output(ray_local, smollm2, base_run, tmp_path):
+def test_a_dpo_adapter_from_a_real_round_changes_the_output(ray_local, smollm2, base_run, s3, tmp_path):
+    """The adapter of a real DPO round, applied per row as a LoRA request: from a local folder, and from object
+    storage (a local S3 server) through Ray's dynamic_lora_loading_path, with the same lines."""
     pairs = pa.Table.from_pylist([
         {"cluster": 0, "prompt": [{"role": "user", "content": "Describe an unusual shirt."}], "chosen_id": f"h{i}",
          "chosen": "a shirt with one sleeve torn off at the shoulder", "rejected_id": f"e{i}",
@@ -73,32 +71,21 @@ def test_a_dpo_adapter_from_a_real_round_changes_the_output(ray_local, smollm2, 
     assert set(tuned.descriptions.column("adapter").to_pylist()) == {str(adapter)}
     # the same rows and seeds as the base run, so any change is the adapter's
     assert tuned.descriptions.column("seed").to_pylist() and lines(tuned) != lines(base_run)
+    for f in (f for f in adapter.rglob("*") if f.is_file()):
+        s3.upload_file(str(f), "kka-tier", f"runs/tier/iter_0/adapter/{f.relative_to(adapter)}")
+    remote = "s3://kka-tier/runs/tier/iter_0/adapter"
+    from_s3 = generate_descriptions(REPS, CTX, gen_config(smollm2, adapter=remote), iteration=0)
+    assert set(from_s3.descriptions.column("adapter").to_pylist()) == {remote}
+    assert lines(from_s3) == lines(tuned)
 
 
 def test_the_serve_app_writes_anomalies_through_rays_llm_deployment(ray_local, smollm2):
-    from ray import serve
-
-    from kka_ray.serve.app import build_app, http_options
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = load_config(ServeConfig, None, [
-        "generate.lm.backend=vllm", f"generate.lm.model={smollm2}", "generate.lm.cpus_per_actor=1",
-        "generate.lm.max_model_len=1024", "generate.clean.similarity_threshold=null", "render.cpus_per_actor=0.5",
-        f"auth.token_env={TOKEN_ENV}", f"port={port}"])
-    os.environ[TOKEN_ENV] = TOKEN
-    serve.start(http_options=http_options(cfg))
-    try:
-        serve.run(build_app(cfg), name="kka-vllm", route_prefix="/")
+    overrides = ["generate.lm.max_model_len=1024", "generate.clean.similarity_threshold=null"]
+    with vllm_service(smollm2, overrides) as (url, auth, _):
         body = {"normal_descriptions": [r.description for r in REPS], "domain": "clothing items", "count": 4,
                 "seed": 3, "return_images": False}
-        url, auth = f"http://127.0.0.1:{port}/v1/anomalies", {"Authorization": f"Bearer {TOKEN}"}
         first = requests.post(url, json=body, headers=auth, timeout=600)
         assert first.status_code == 200, first.text
         anomalies = first.json()["anomalies"]
         assert anomalies and all(a["description"] and a["provenance"]["model"] == smollm2 for a in anomalies)
         assert requests.post(url, json=body, timeout=60).status_code == 401  # closed by default, as always
-    finally:
-        serve.shutdown()
-        del os.environ[TOKEN_ENV]

@@ -53,7 +53,8 @@ class ReContrastConfig(Strict):
     blur_sigma: float = Field(4.0, ge=0.1, description="Gaussian blur of the anomaly map, in pixels at 256 px "
                               "(scaled with the image side)")
     log_every: int = Field(50, ge=1, description="Steps per point of the loss curve")
-    score_actors: int = Field(1, ge=1, description="Ray Data actors that score with the checkpoint")
+    score_actors: int = Field(1, ge=1, description="Ray Data workers that score with the checkpoint in parallel "
+                              "(actors on GPUs, tasks on CPUs)")
     score_batch_size: int = Field(128, ge=1)
     train: trainer.TrainWorkers = Field(default_factory=trainer.TrainWorkers)
 

@@ -43,7 +43,8 @@ class SSDConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     clusters: int = Field(1, ge=1, description="k-means clusters of the normals' features (paper's default 1)")
     anomaly_views: int = Field(10, ge=1, description="With anomalies (SSD_k): random views embedded per anomaly")
-    score_actors: int = Field(1, ge=1, description="Ray Data actors that embed with the checkpoint")
+    score_actors: int = Field(1, ge=1, description="Ray Data workers that embed with the checkpoint in parallel "
+                              "(actors on GPUs, tasks on CPUs)")
     score_batch_size: int = Field(256, ge=1)
     train: trainer.TrainWorkers = Field(default_factory=trainer.TrainWorkers)
 
