@@ -20,8 +20,11 @@ def driver_blocks(table: pa.Table, n_blocks: int):
 
 def pool_map(ds, actor_cls: type, ctor_kwargs: dict, pool):
     """`ds` through a fixed pool of `actor_cls` actors sized by a stage config (`actors`, `batch_size`,
-    `cpus_per_actor`, `gpus_per_actor`, `max_restarts`): a dead actor restarts, and its batch is retried, at most
-    `max_restarts` times (Ray Data's default is unlimited, which loops forever on a crash that repeats)."""
+    `cpus_per_actor`, `gpus_per_actor`, `max_restarts`): a dead actor restarts at most `max_restarts` times (Ray
+    Data's default is unlimited, which loops forever on a crash that repeats), and its batch is retried until
+    then. The retries are not counted separately: when a node dies, every retry sent before Ray declares the node
+    dead (15-20 s) fails at once on the old address, and a count of `max_restarts` was spent within seconds
+    (the fault job's `worker_node`)."""
     return ds.map_batches(
         actor_cls,
         fn_constructor_kwargs=ctor_kwargs,
@@ -31,7 +34,7 @@ def pool_map(ds, actor_cls: type, ctor_kwargs: dict, pool):
         num_gpus=pool.gpus_per_actor,
         batch_format="numpy",
         max_restarts=pool.max_restarts,
-        max_task_retries=pool.max_restarts,
+        max_task_retries=-1,  # until the actor is dead for good (after max_restarts)
     )
 
 

@@ -195,7 +195,7 @@ def description_stream(reps: Sequence[Representative], ctx: NormalContext, cfg: 
         # with a CPU share it could wait forever behind a render pool that took the node's CPUs first.
         num_cpus=0,
         max_restarts=cfg.lm.max_restarts,  # a restarted cleaner forgets its kept lines: the final pass settles them
-        max_task_retries=cfg.lm.max_restarts,
+        max_task_retries=-1,  # until the actor is dead for good (actor_map.pool_map says why)
     )
 
 
