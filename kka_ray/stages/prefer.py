@@ -63,10 +63,9 @@ class PreferConfig(Strict):
                                    "policy and reference after the round)")
     bf16: Bf16 = Field("auto", description=BF16_DESCRIPTION)
     precompute_ref: bool = Field(False, description="Reference log-probabilities computed once before training, "
-                                 "in no-grad batches of `ref_batch_size`, for the pairs the steps will use. Off: "
-                                 "when each pair is used once it saves no compute; on 2 CPU cores the demo's "
-                                 "16-step round took 208 s with it and 199 s without (dpo-sizing-fmnist-precompute, "
-                                 "dpo-sizing-fmnist). On when steps revisit pairs")
+                                 "in no-grad batches of `ref_batch_size`, for the pairs the steps will use (and the "
+                                 "held-out ones): the reference's forward passes batched, off the step's critical "
+                                 "path. The demo turns it on; perf-cpu's DPO section times a round both ways")
     ref_batch_size: int = Field(16, ge=1, description="Pairs per reference forward pass when precomputed")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DPO)")
     max_failures: int = Field(1, ge=0, description="Ray Train restarts of a round whose worker died (a preempted "
