@@ -5,6 +5,7 @@ classes). Each run is an ordinary loop run folder, so an interrupted benchmark r
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from kka_ray.loop import (
     run_loop,
     run_seeded,
 )
-from kka_ray.records import metric_key, write_record
+from kka_ray.precision import cpu_capability
+from kka_ray.records import git_commit, machine, metric_key, write_record
 from kka_ray.runtime import init_ray
 from kka_ray.stages.evaluate import judge
 from kka_ray.store import RunStore
@@ -45,6 +47,11 @@ class LoopBenchConfig(Strict):
                                      "main command, for metrics.demo_minutes (skipped when absent)")
     fixed_judge: bool = Field(True, description="Also judge every iteration's N_t with one fixed theta_C (the "
                               "one without anomalies): the hard share of the language model alone")
+    archive: str | None = Field(None, description="Folder, committed with the record, that keeps of each finished "
+                                "run what later jobs read (config, state, fixed-judge shares, every N_t and the "
+                                "final A_T: Table II's KKA sets), so a fresh clone neither reruns the loop nor "
+                                "loses it; a run found finished there is read back from it. Point a Table II "
+                                "config's `kka_rep.folder` here")
 
 
 def base_loop(cfg: LoopBenchConfig) -> KKAConfig:
@@ -73,10 +80,17 @@ def check_same_run(location: str, run: KKAConfig) -> None:
                           f"`run_dir`, or remove {location}")
 
 
-def run_one(run: KKAConfig, fixed_judge: bool = False) -> dict:
-    """A finished run is read back; a started one resumes; a new one runs. A folder made with another
-    configuration is refused, finished or not."""
+def run_one(run: KKAConfig, fixed_judge: bool = False, archive: str | None = None) -> dict:
+    """A finished run is read back (from its folder, or else from the archive); a started one resumes; a new one
+    runs, and once finished is archived. A folder made with another configuration is refused, finished or not."""
     location = f"{run.run_dir}/{run.name}"
+    kept = f"{archive}/{run.name}" if archive else None
+    if kept and not RunStore(location).exists(STATE) and RunStore(kept).exists(STATE):
+        check_same_run(kept, run)
+        saved = RunStore(kept).read_state(STATE)
+        if saved["completed"] == run.update.iterations and (RunStore(kept).exists(FIXED) or not fixed_judge):
+            return {"rows": saved["rows"], "baseline": saved["baseline"]} | (
+                {"fixed": RunStore(kept).read_json(FIXED)} if fixed_judge else {})
     store = RunStore(location)
     if store.exists("config.yaml"):
         check_same_run(location, run)
@@ -88,7 +102,24 @@ def run_one(run: KKAConfig, fixed_judge: bool = False) -> dict:
         out = {"rows": state.rows, "baseline": state.baseline}
     if fixed_judge:
         out["fixed"] = fixed_judge_shares(run)
+    if kept:
+        archive_run(store, RunStore(kept), run.update.iterations)
     return out
+
+
+def archive_run(store: RunStore, kept: RunStore, T: int) -> None:
+    """Copy what later jobs read of a finished run; the state file goes last, so a half-copied archive entry
+    is not taken for a finished one."""
+    files = ["config.yaml", FIXED, f"iter_{T}/anomalies.parquet", f"iter_{T}/grid.png",
+             *(f"iter_{t}/generated.parquet" for t in range(T + 1))]
+    for rel in (f for f in files if store.exists(f)):
+        kept.write_bytes(rel, store.read_bytes(rel))
+    kept.write_json(PROVENANCE, {"commit": git_commit(), "machine": machine(), "cpu": cpu_capability(),
+                                 "archived": datetime.now(UTC).isoformat(timespec="seconds")})
+    kept.write_bytes(STATE, store.read_bytes(STATE))
+
+
+PROVENANCE = "archived.json"  # the code and machine that made an archived run
 
 
 FIXED = "fixed_judge.json"
@@ -260,7 +291,7 @@ def run_loop_bench(cfg: LoopBenchConfig, command: str) -> dict[str, float]:
     results, total, m = {}, len(cfg.classes) * len(cfg.seeds), {}
     for cls in cfg.classes:
         for seed in cfg.seeds:
-            results[(cls, seed)] = run_one(run_config(cfg, cls, seed), cfg.fixed_judge)
+            results[(cls, seed)] = run_one(run_config(cfg, cls, seed), cfg.fixed_judge, cfg.archive)
             print(f"[bench] {cls} seed {seed}: done ({len(results)} of {total})", flush=True)
             m = write(cfg, results, command)
     return m

@@ -92,6 +92,29 @@ def test_a_run_folder_made_with_another_config_is_refused(cfg):
         run_one(run_config(changed, "shirt", 0))
 
 
+def test_a_finished_run_is_archived_and_read_back_from_a_fresh_clone(cfg, tmp_path):
+    cfg = cfg.model_copy(update={"archive": str(tmp_path / "kept")})
+    run = run_config(cfg, "shirt", 0)
+    store = RunStore(f"{run.run_dir}/{run.name}")
+    store.write_text("config.yaml", yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))
+    T = run.update.iterations
+    for t in range(T + 1):
+        store.write_bytes(f"iter_{t}/generated.parquet", b"N_%d" % t)
+    store.write_bytes(f"iter_{T}/anomalies.parquet", b"A_T")
+    store.write_bytes("iter_0/evaluator/model.safetensors", b"not kept")
+    store.write_json(STATE, {"completed": T, **result(70, [72, 74, 76], [0.1, 0.2, 0.3])})
+    assert run_one(run, archive=cfg.archive)["baseline"]["auroc"] == 70
+    kept = RunStore(f"{cfg.archive}/{run.name}")
+    assert kept.read_bytes(f"iter_{T}/anomalies.parquet") == b"A_T" and kept.read_bytes("iter_1/generated.parquet")
+    assert not kept.exists("iter_0/evaluator") and kept.read_json("archived.json")["machine"]
+    store.fs.delete_dir(store.root)  # a fresh clone: runs/ is gone, the committed archive is not
+    assert run_one(run, archive=cfg.archive)["rows"][-1]["auroc"] == 76
+    assert not store.exists(STATE)  # read back, nothing ran
+    changed = run_config(cfg.model_copy(update={"loop_overrides": ["prefer.steps=4"]}), "shirt", 0)
+    with pytest.raises(ConfigError, match=r"kept/shirt-seed0/config.yaml: .*prefer\.steps: 8 -> 4"):
+        run_one(changed, archive=cfg.archive)
+
+
 def test_dpo_means_cover_the_rounds_that_had_pairs(cfg):
     results = {("shirt", 0): result(70, [72, 74, 76], [0.9, 0.2, 0.3], dpo=[(0.6, 0.2, 0.1), (0.68, 0.02, -0.01)]),
                ("shirt", 1): result(72, [74, 76, 78], [1.0, 0.3, 0.5], dpo=[None, (0.66, 0.04, 0.03)])}
