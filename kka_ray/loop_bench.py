@@ -112,8 +112,7 @@ def archive_run(store: RunStore, kept: RunStore, T: int) -> None:
     is not taken for a finished one."""
     files = ["config.yaml", FIXED, f"iter_{T}/anomalies.parquet", f"iter_{T}/grid.png",
              *(f"iter_{t}/generated.parquet" for t in range(T + 1))]
-    for rel in (f for f in files if store.exists(f)):
-        kept.write_bytes(rel, store.read_bytes(rel))
+    store.copy_into(kept, files)
     kept.write_json(PROVENANCE, {"commit": git_commit(), "machine": machine(), "cpu": cpu_capability(),
                                  "archived": datetime.now(UTC).isoformat(timespec="seconds")})
     kept.write_bytes(STATE, store.read_bytes(STATE))

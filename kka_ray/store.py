@@ -103,6 +103,11 @@ class RunStore:
             self.fs.delete_dir(self.path(rel))
         self.fs.move(tmp, self.path(rel))
 
+    def copy_into(self, other: RunStore, rels) -> None:
+        """Copy the files `rels` that exist here to the same names in `other` (each moved into place there)."""
+        for rel in (r for r in rels if self.exists(r)):
+            other.write_bytes(rel, self.read_bytes(rel))
+
     def uri(self, rel: str) -> str:
         """Where others (actors, a later run) find `rel`: an absolute local path, or a URI."""
         return f"{self.location.rstrip('/')}/{rel}" if is_uri(self.location) else self.path(rel)

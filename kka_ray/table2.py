@@ -72,6 +72,9 @@ class Table2Config(Strict):
     figures: FiguresConfig = Field(default_factory=FiguresConfig)
     run_dir: str = Field("runs/bench", description="Outputs go to <run_dir>/<name>/")
     results_dir: str | None = "docs/results"
+    archive: str | None = Field(None, description="Folder, committed with the record, that holds the rows, the "
+                                "config and the figure data after every fit, so a fresh clone resumes the table "
+                                "instead of refitting it (the run folder, with its training files, stays local)")
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
@@ -166,6 +169,7 @@ def fit_one(cfg: Table2Config, det_name: str, variant: str, task, anomalies: Ima
 
 
 FIGURE_VARIANTS = ("none", "kka_rep")
+KEPT = ("config.yaml", TABLE, *(f"figures/{v}.npz" for v in FIGURE_VARIANTS))  # what the archive holds
 
 
 def figure_data(cfg: Table2Config, task, seed: int, detector, row: dict) -> bytes:
@@ -204,6 +208,9 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
 
     run = Path(cfg.run_dir) / cfg.name
     store = RunStore(run)
+    kept = RunStore(cfg.archive) if cfg.archive else None
+    if kept and not store.exists(TABLE):
+        kept.copy_into(store, KEPT)
     rows = finished_rows(store, cfg)
     store.write_text("config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     init_ray(cfg.ray)
@@ -232,6 +239,8 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
         rows.append({"normal_request": str(cls), "normal": task.normal_classes[0], "seed": seed, **row,
                      "source": sources.get(variant, "")})
         store.write_table(TABLE, pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
+        if kept:
+            store.copy_into(kept, KEPT)
         tqdm.write(f"{task.name} {det_name} {variant}: AUROC {row['auroc']:.1f} ({row['seconds']:.0f} s)")
     table = pd.DataFrame(rows)
     metrics = summarise(table, cfg)
@@ -249,7 +258,8 @@ def finished_rows(store: RunStore, cfg: Table2Config) -> list[dict]:
         return []
     saved = load_config(Table2Config, store.path("config.yaml")).model_dump(mode="json")
     current = cfg.model_dump(mode="json")
-    changed = [k for k in config_diff(saved, current, ignore=("ray.",)) if not k.startswith(("variants", "classes"))]
+    where = ("ray.", "run_dir", "results_dir", "archive")
+    changed = [k for k in config_diff(saved, current, ignore=where) if not k.startswith(("variants", "classes"))]
     if changed:  # more variants or classes extend the table; any other change is another benchmark
         raise ConfigError(f"{store.location} holds results of a different configuration: "
                           f"{describe_diff(saved, current, changed)}; choose another `name` or remove that folder")

@@ -15,7 +15,7 @@ from kka_ray.table2 import Table2Config, run_table2
 def tiny_table2(tmp_path, runs, variants):
     return Table2Config.model_validate({
         "name": "table2-tiny", "classes": ["shirt"], "seeds": [3], "run_dir": str(tmp_path / "bench"),
-        "results_dir": str(tmp_path / "results"), "kka_rep": {"folder": str(runs)},
+        "results_dir": str(tmp_path / "results"), "archive": str(tmp_path / "kept"), "kka_rep": {"folder": str(runs)},
         "detectors": {"sad": {"name": "deepsad", **TINY["deepsad"]}, "knn": {"name": "knn", **TINY["knn"]},
                       "simplenet": {"name": "simplenet", **TINY["simplenet"]}},
         "variants": variants, "figures": {"detector": "simplenet" if "simplenet" in variants else None,
@@ -31,7 +31,7 @@ def loop_runs(tiny_run, tmp_path):
     return runs
 
 
-def test_table2_end_to_end(ray_local, loop_runs, tmp_path):
+def test_table2_end_to_end(ray_local, loop_runs, tmp_path, monkeypatch):
     # Deep SAD goes through the same fit(normals, anomalies) as these two (tests/test_detectors.py fits it).
     variants = {"knn": ["noise", "oracle"], "simplenet": ["none", "kka_rep"]}
     cfg = tiny_table2(tmp_path, loop_runs, variants)
@@ -59,6 +59,13 @@ def test_table2_end_to_end(ray_local, loop_runs, tmp_path):
     more = tiny_table2(tmp_path, loop_runs, {**variants, "knn": ["noise", "oracle", "none"]})
     run_table2(more, command="pytest", progress=False)
     assert len(pd.read_parquet(tmp_path / "bench" / "table2-tiny" / "results.parquet")) == 5
+    # A fresh clone (no run folder) resumes from the committed archive: nothing is refitted.
+    before = json.loads((tmp_path / "results" / "table2-tiny.json").read_text())["metrics"]
+    shutil.rmtree(tmp_path / "bench")
+    monkeypatch.setattr("kka_ray.table2.fit_one", lambda *a, **k: pytest.fail("a finished fit ran again"))
+    assert run_table2(more, command="pytest", progress=False) == pytest.approx(before)
+    assert len(pd.read_parquet(tmp_path / "bench" / "table2-tiny" / "results.parquet")) == 5
+    assert (tmp_path / "bench" / "table2-tiny" / "figures" / "kka_rep.npz").is_file()
     # Any other change is another benchmark.
     changed = more.model_copy(update={"seeds": [4]})
     with pytest.raises(ConfigError, match="different configuration"):

@@ -110,7 +110,8 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
         f"{m.get('lm_load_s_cached', float('nan')):.2f} s. Nucleus filter per decode step: transformers "
         f"{m.get('top_p_ms_transformers', float('nan')):.1f} ms, ours {m.get('top_p_ms_ours', float('nan')):.1f} ms.",
         "",
-        "DPO, one 8-step round through Ray Train per variant (the loop's settings, then each change):", "",
+        "DPO, one 8-step round through Ray Train per variant (the loop's settings, then each change), after an "
+        "untimed one-step round; no bf16 round on a CPU that emulates bf16 (`auto` never picks it there):", "",
         "| variant | s per step | set-up s (load, reference pass) | round s | last loss | bf16 |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *[f"| {k.removeprefix('dpo_round_s').lstrip('_') or 'loop settings'} | "
