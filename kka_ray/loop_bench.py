@@ -85,15 +85,16 @@ def run_one(run: KKAConfig, fixed_judge: bool = False, archive: str | None = Non
     runs, and once finished is archived. A folder made with another configuration is refused, finished or not."""
     location = f"{run.run_dir}/{run.name}"
     kept = f"{archive}/{run.name}" if archive else None
-    if kept and not RunStore(location).exists(STATE) and RunStore(archive).exists(f"{run.name}/{STATE}"):
+    store = RunStore(location)
+    if kept and not store.exists(STATE) and RunStore(archive).exists(f"{run.name}/{STATE}"):
         check_same_run(kept, run)  # archived runs are finished ones, with the benchmark's fixed-judge shares
-        saved, store = RunStore(kept).read_state(STATE), RunStore(kept)
-        if fixed_judge and not store.exists(FIXED):
+        archived = RunStore(kept)
+        if fixed_judge and not archived.exists(FIXED):
             raise ConfigError(f"{kept}: archived without {FIXED} (its evaluators are not archived); set "
                               "fixed_judge: false")
+        saved = archived.read_state(STATE)
         return {"rows": saved["rows"], "baseline": saved["baseline"]} | (
-            {"fixed": store.read_json(FIXED)} if fixed_judge else {})
-    store = RunStore(location)
+            {"fixed": archived.read_json(FIXED)} if fixed_judge else {})
     if store.exists("config.yaml"):
         check_same_run(location, run)
     saved = store.read_state(STATE) if store.exists(STATE) else None
