@@ -79,17 +79,22 @@ def descendants(pid: int) -> set[int]:
 
 class Killer(threading.Thread):
     """SIGKILLs the first process matching `markers` (among `scope()`'s pids, if given) that has lived
-    `after_s` seconds; gives up at `deadline_s`. `.kill` says what was killed."""
+    `after_s` seconds, once `when()` (if given) holds; gives up at `deadline_s`. `.kill` says what was killed."""
 
-    def __init__(self, markers: tuple[str, ...], after_s: float, deadline_s: float, scope=None, action=None):
+    def __init__(self, markers: tuple[str, ...], after_s: float, deadline_s: float, scope=None, action=None,
+                 when=None):
         super().__init__(daemon=True)
         self.markers, self.after_s, self.deadline_s, self.scope = markers, after_s, deadline_s, scope
         self.action = action  # instead of a plain kill (e.g. removing a node); gets the process
+        self.when = when  # a sign of progress (a file written), steadier than a process's age on a slow CPU
         self.kill, self.stop = Kill(), threading.Event()
 
     def run(self) -> None:
         end = time.time() + self.deadline_s
         while not self.stop.is_set() and time.time() < end:
+            if self.when is not None and not self.when():
+                self.stop.wait(0.2)
+                continue
             within = self.scope() if self.scope else None
             for proc, cmd in processes(self.markers, within):
                 if time.time() - proc.info["create_time"] >= self.after_s:

@@ -96,10 +96,14 @@ def test_a_killed_train_worker_restarts_and_the_fit_equals_an_undisturbed_one(ra
 
     def fit(kill: bool):
         det = build_detector(cfg)
-        killer = Killer(("RayTrainWorker",), after_s=6, deadline_s=120)
+        workdir = tmp_path / str(kill)
+        # Killed once its first restart checkpoint is reported: mid-training, whatever the CPU's speed (a kill
+        # by age hit a slow CPU's worker while it still started, which Ray Train counts as a controller error).
+        killer = Killer(("RayTrainWorker",), after_s=0, deadline_s=300,
+                        when=lambda: any(workdir.glob("deepsad-*/checkpoint_*")))
         if kill:
             killer.start()
-        det.fit(normals, None, seed=0, workdir=tmp_path / str(kill))
+        det.fit(normals, None, seed=0, workdir=workdir)
         killer.stop.set()
         with det.checkpoint.as_directory() as d:
             return ckpt.read(d), killer.kill
