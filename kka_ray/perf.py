@@ -23,6 +23,7 @@ from kka_ray.detectors.deepsad.detector import training_arrays
 from kka_ray.detectors.deepsad.networks import net_spec
 from kka_ray.detectors.deepsad.train import fit_deep_sad, resolved
 from kka_ray.loop import KKAConfig
+from kka_ray.precision import cpu_native_bf16, resolve_bf16
 from kka_ray.stages.generate import GenerateConfig, NormalContext, generate_descriptions, messages_for
 from kka_ray.stages.prefer import run_dpo
 from kka_ray.stages.render import anomaly_stream, collect
@@ -115,7 +116,8 @@ def language_model(reps, ctx: NormalContext, gen: GenerateConfig) -> dict[str, f
         _, out["lm_load_s_gguf"] = _timed(load_causal_lm, gen.lm)
         _, out["lm_load_s_cached"] = _timed(load_causal_lm, gen.lm)
         del os.environ["KKA_CACHE"]
-    for dtype in ("float32", "bfloat16"):
+    # No bf16 rounds on a CPU that emulates bf16: `auto` never picks it there, and they take many times as long.
+    for dtype in ("float32", "bfloat16") if cpu_native_bf16() else ("float32",):
         for share in (False, True):
             key = f"lm_tokens_per_s_{'fp32' if dtype == 'float32' else 'bf16'}_{'shared' if share else 'plain'}"
             out[key] = _bare_tokens_per_s(reps, ctx, gen, dtype=dtype, share_prefix=share)
@@ -155,7 +157,6 @@ def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str,
     (model load, reference pass), the whole round, and the last loss. A one-step round runs first, untimed: the
     first round of a process paid about 20 s more (cold files, first Ray Train start), which had decided earlier
     comparisons by their order."""
-    from kka_ray.precision import cpu_native_bf16, resolve_bf16
 
     out: dict[str, float] = {}
     chosen = resolve_bf16("dpo", cfg.prefer.bf16, "cpu")
