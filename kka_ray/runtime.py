@@ -76,6 +76,9 @@ def init_ray(cfg: RayConfig | None = None):
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        # A single local node has no preemption to watch (it ends the run with it); the watcher is one more actor
+        # per fit to start on the fit's critical path. A user's explicit setting still wins.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(
             address="local",
             num_cpus=cfg.num_cpus or os.cpu_count(),

@@ -203,6 +203,26 @@ def test_perf_bench_times_the_run_folder_the_demo_wrote(tmp_path):
         run_written_since(tmp_path, "kka-demo", time.time() + 50)
 
 
+def test_perf_bench_restores_the_sections_it_does_not_measure_from_its_record(tmp_path, monkeypatch):
+    """The runs/perf cache dies with the machine: a later session's run takes the sections it does not measure
+    from the committed record (the ones it measures are measured again), and refuses another CPU kind's record."""
+    import json
+
+    from kka_ray.commands import bench_perf
+
+    monkeypatch.setattr(bench_perf, "describe", lambda: {"cpu_capability": "AVX2"})
+    record, cache = tmp_path / "perf-cpu-avx2.json", tmp_path / "cache"
+    cache.mkdir()
+    sections = {s: {"commit": "c0ffee", "date": "2026-12-01", "metrics": {f"{s}_x": 1.0}} for s in ("dpo", "demo")}
+    record.write_text(json.dumps({"cpu_capability": "AVX2", "sections": sections}))
+    bench_perf.restore_sections(record, cache, ["deepsad", "demo"])
+    assert sorted(p.name for p in cache.iterdir()) == ["dpo.json"]
+    assert json.loads((cache / "dpo.json").read_text()) == sections["dpo"]
+    record.write_text(json.dumps({"cpu_capability": "AVX512+avx512_bf16", "sections": sections}))
+    with pytest.raises(SystemExit, match="AVX512.*this one has AVX2.*perf-cpu-<kind>"):
+        bench_perf.restore_sections(record, cache, ["deepsad"])
+
+
 def test_controls_on_the_tiny_run(tiny_run, tmp_path, monkeypatch):
     """KKA's controls on the tiny run's iteration 0, read back as a T = 0 run: every control has |A_0| images of
     the task's shape; the in-domain control renders A_0's own sentences; a fit is cached, so a rerun refits

@@ -3,7 +3,8 @@ the test suite, each through Ray and against a bare loop where that applies, wit
 
     python jobs/bench_perf.py --config configs/perf/cpu.yaml [--set sections=[lm,dpo]]
 Each finished section is cached in runs/perf/<section>.json with its commit (a rerun skips it; delete the file
-to measure again); the record docs/results/<record>.json is written from all cached sections.
+to measure again); the record docs/results/<record>.json is written from all cached sections and keeps each
+section's metrics, so that a later session's run restores the sections it does not measure again.
 """
 
 import json
@@ -126,6 +127,26 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
     return "\n".join(lines)
 
 
+def restore_sections(record: Path, cache: Path, measured: list[str]) -> None:
+    """Sections the committed record holds (each with its commit, date and metrics), this run does not measure and
+    the cache lacks go back into the cache: a record is filled over several sessions, and the cache does not outlive
+    the machine. A record made on another kind of CPU is refused rather than mixed with this one's figures."""
+    if not record.exists():
+        return
+    saved = json.loads(record.read_text())
+    here = describe()["cpu_capability"]
+    if saved.get("cpu_capability", here) != here:
+        raise SystemExit(f"{record}: measured on a CPU with {saved['cpu_capability']}, this one has {here}; "
+                         "write this CPU's figures to their own record: --set record=perf-cpu-<kind>")
+    for name, section in saved.get("sections", {}).items():
+        path = cache / f"{name}.json"
+        if "metrics" in section and name not in measured and not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(section, indent=1))
+            os.replace(tmp, path)
+            print(f"[perf] {name}: restored from {record} (commit {section['commit'][:12]})")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.splitlines()[0], perf.PerfConfig)
     args = p.parse_args(argv)
@@ -133,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     loop = load_config(KKAConfig, pc.loop)
     cache = Path(pc.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    restore_sections(Path("docs/results") / f"{pc.record}.json", cache, pc.sections)
     measure = Measure(loop)
     for name in pc.sections:
         path = cache / f"{name}.json"
@@ -151,8 +173,6 @@ def main(argv: list[str] | None = None) -> None:
     metrics |= {k: float(v) for k, v in describe().items() if isinstance(v, bool)}
     command = invoked_command()
     write_record(pc.record, metrics, markdown(metrics, sections, command, pc.loop), "docs/results",
-                 command=command, extra={"cpu_capability": describe()["cpu_capability"],
-                                         "sections": {k: {"commit": v["commit"], "date": v["date"]}
-                                                      for k, v in sections.items()},
+                 command=command, extra={"cpu_capability": describe()["cpu_capability"], "sections": sections,
                                          "config": pc.model_dump(mode="json")})
     print(f"[perf] record docs/results/{pc.record}.json ({', '.join(sections)})")
