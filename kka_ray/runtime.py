@@ -54,9 +54,29 @@ def quiet() -> bool:
     return os.environ.get("KKA_QUIET", "0") == "1"
 
 
+# mallopt parameters of the two settings above (glibc's malloc.h).
+_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
+
+
 def set_env_defaults() -> None:
     for k, v in _ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    apply_malloc_settings()
+
+
+@functools.cache
+def apply_malloc_settings() -> dict[str, bool]:
+    """The malloc settings for this process too: its environment was read at its start, so a driver started as
+    `python jobs/...` (not through make, which exports them) ran its own fits and bare loops without them.
+    Returns whether glibc accepted each (empty where the C library is not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to set
+        return {}
+    return {key: mallopt(param, int(os.environ[key])) == 1 for key, param in _MALLOPT.items()}
 
 
 def init_ray(cfg: RayConfig | None = None):

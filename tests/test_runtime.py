@@ -42,3 +42,15 @@ def test_local_ray_workers_start_with_fixed_malloc_thresholds(ray_local):
 
     keys = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # set by set_env_defaults unless given
     assert ray.get(start_environment.remote()) == {k: os.environ[k] for k in keys}
+
+
+def test_the_driver_process_gets_the_malloc_settings_too():
+    """Workers read MALLOC_*_ from their environment at start; the driver was already running when the defaults
+    were set, so it sets them with mallopt (glibc accepts both values)."""
+    import sys
+
+    from kka_ray.runtime import apply_malloc_settings
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    assert apply_malloc_settings() == {"MALLOC_MMAP_THRESHOLD_": True, "MALLOC_TRIM_THRESHOLD_": True}
