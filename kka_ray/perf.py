@@ -51,14 +51,15 @@ def _timed(fn, *args, **kwargs) -> tuple[object, float]:
     return out, time.time() - start
 
 
-def _bare_deepsad(data: dict, runs: dict[str, tuple], threads: int, seed: int) -> dict[str, float]:
-    """Deep SAD fits in a bare loop, each named run a (spec, resolved config); seconds per epoch and per fit."""
+def _bare_deepsad(data: dict, epoch_runs: dict, fit_runs: dict, threads: int, seed: int) -> dict[str, float]:
+    """Seconds per epoch of each short run and per whole fit, in a bare loop; runs are named (spec, config)."""
     torch.set_num_threads(threads)
-    out = {}
-    for name, (spec, config) in runs.items():
-        start = time.time()
+    out: dict[str, float] = {}
+    for name, (spec, config) in epoch_runs.items():
         m = fit_deep_sad(data, spec, config, seed).metrics
-        out[name] = {"fit_s": time.time() - start, "ae_epoch_s": m["ae_epoch_seconds"], "epoch_s": m["epoch_seconds"]}
+        out[f"deepsad_ae_epoch_s_{name}"], out[f"deepsad_epoch_s_{name}"] = m["ae_epoch_seconds"], m["epoch_seconds"]
+    for suffix, (spec, config) in fit_runs.items():
+        _, out[f"deepsad_fit_s_bare{suffix}"] = _timed(fit_deep_sad, data, spec, config, seed)
     return out
 
 
@@ -79,23 +80,19 @@ def deepsad(task, cfg: KKAConfig, benchmark: DeepSADConfig, epochs: int, workdir
     ev = cfg.evaluator
     data, (size, _, channels) = training_arrays(task.train_normal, None), task.train_normal.shape
     spec = net_spec(ev.net, channels, size, ev.rep_dim)
-    runs = {name: (spec, ev.model_copy(update={"bf16": bf16, "epochs": epochs, "ae_epochs": epochs}))
-            for name, bf16 in (("fp32", False), ("bf16", True))}
     fits = {"": ev, "_benchmark": benchmark}  # the demo's theta_C, the benchmark's fit
-    runs |= {f"fit{suffix}": (net_spec(config.net, channels, size, config.rep_dim), resolved(config, "cpu"))
-             for suffix, config in fits.items()}
-    bare = in_fresh_process(_bare_deepsad, data, runs, ev.torch_threads or max(1, int(ev.cpus_per_worker)), cfg.seed)
-    out: dict[str, float] = {}
-    for name in ("fp32", "bf16"):
-        out[f"deepsad_ae_epoch_s_{name}"], out[f"deepsad_epoch_s_{name}"] = (bare[name]["ae_epoch_s"],
-                                                                             bare[name]["epoch_s"])
+    out = in_fresh_process(
+        _bare_deepsad, data,
+        {name: (spec, ev.model_copy(update={"bf16": bf16, "epochs": epochs, "ae_epochs": epochs}))
+         for name, bf16 in (("fp32", False), ("bf16", True))},
+        {suffix: (net_spec(c.net, channels, size, c.rep_dim), resolved(c, "cpu")) for suffix, c in fits.items()},
+        ev.torch_threads or max(1, int(ev.cpus_per_worker)), cfg.seed)
     for suffix, config in fits.items():
-        out[f"deepsad_fit_s_bare{suffix}"] = bare[f"fit{suffix}"]["fit_s"]
         _, out[f"deepsad_fit_s_ray{suffix}"] = _timed(DeepSAD(config).fit, task.train_normal, None, seed=cfg.seed,
                                                       workdir=workdir)
-        bare_s, through_ray = out[f"deepsad_fit_s_bare{suffix}"], out[f"deepsad_fit_s_ray{suffix}"]
-        out[f"deepsad_ray_vs_bare_ratio{suffix}"] = bare_s / through_ray
-        out[f"deepsad_ray_fixed_s{suffix}"] = through_ray - bare_s
+        bare, through_ray = out[f"deepsad_fit_s_bare{suffix}"], out[f"deepsad_fit_s_ray{suffix}"]
+        out[f"deepsad_ray_vs_bare_ratio{suffix}"] = bare / through_ray
+        out[f"deepsad_ray_fixed_s{suffix}"] = through_ray - bare
     return out
 
 
@@ -181,7 +178,6 @@ def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str,
     (model load, reference pass), the whole round, and the last loss. A one-step round runs first, untimed: the
     first round of a process paid about 20 s more (cold files, first Ray Train start), which had decided earlier
     comparisons by their order."""
-
     out: dict[str, float] = {}
     chosen = resolve_bf16("dpo", cfg.prefer.bf16, "cpu")
     other = "_fp32" if chosen else "_bf16"

@@ -76,7 +76,7 @@ def apply_malloc_settings() -> dict[str, bool]:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to set
         return {}
-    return {key: mallopt(param, int(os.environ[key])) == 1 for key, param in _MALLOPT.items()}
+    return {key: mallopt(param, int(os.environ.get(key, _ENV_DEFAULTS[key]))) == 1 for key, param in _MALLOPT.items()}
 
 
 def init_ray(cfg: RayConfig | None = None):

@@ -8,7 +8,6 @@ section's metrics, so that a later session's run restores the sections it does n
 """
 
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from kka_ray.precision import describe
 from kka_ray.records import git_commit, invoked_command, write_record
 from kka_ray.stages.generate import generate_descriptions, normal_context
 from kka_ray.stages.select import run_select
+from kka_ray.store import RunStore
 
 
 def timed_command(command: str) -> dict[str, float]:
@@ -138,13 +138,11 @@ def restore_sections(record: Path, cache: Path, measured: list[str]) -> None:
     if saved.get("cpu_capability", here) != here:
         raise SystemExit(f"{record}: measured on a CPU with {saved['cpu_capability']}, this one has {here}; "
                          "write this CPU's figures to their own record: --set record=perf-cpu-<kind>")
+    store = RunStore(cache)
     for name, section in saved.get("sections", {}).items():
-        path = cache / f"{name}.json"
-        if "metrics" in section and name not in measured and not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(section, indent=1))
-            os.replace(tmp, path)
-            print(f"[perf] {name}: restored from {record} (commit {section['commit'][:12]})")
+        if "metrics" in section and name not in measured and not store.exists(f"{name}.json"):
+            store.write_json(f"{name}.json", section)
+            print(f"[perf] {name}: restored from {record} (commit {section['commit'][:12]})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,20 +151,17 @@ def main(argv: list[str] | None = None) -> None:
     pc = parse_config(perf.PerfConfig, args)
     loop = load_config(KKAConfig, pc.loop)
     cache = Path(pc.cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
+    store = RunStore(cache)
     restore_sections(Path("docs/results") / f"{pc.record}.json", cache, pc.sections)
     measure = Measure(loop)
     for name in pc.sections:
-        path = cache / f"{name}.json"
-        if path.exists():
-            print(f"[perf] {name}: cached in {path}")
+        if store.exists(f"{name}.json"):
+            print(f"[perf] {name}: cached in {store.path(f'{name}.json')}")
             continue
         print(f"[perf] measuring {name}", flush=True)
         metrics = measure.section(name, pc)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "metrics": metrics}, indent=1))
-        os.replace(tmp, path)
+        store.write_json(f"{name}.json", {"commit": git_commit(), "metrics": metrics,
+                                          "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         print(f"[perf] {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()), flush=True)
     sections = {p.stem: json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))}
     metrics = {k: float(v) for s in sections.values() for k, v in s["metrics"].items()}
