@@ -36,7 +36,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(ray_local, tiny, tmp_path_factory):
-    """One complete KKA run (T = 2) on the tiny models, shared by the loop and Serve tests."""
+    """One complete KKA run (T = 2) on the tiny models, shared by the loop, CLI, job, Serve and benchmark tests
+    (copies of it stand for runs stopped after an iteration: tiny_loop.after_iteration)."""
     from tiny_loop import tiny_config
 
     from kka_ray.loop import run_loop

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-import yaml
-from tiny_loop import tiny_config
+from tiny_loop import after_iteration, stable
 
 from kka_ray.commands import COMMANDS, main
+from kka_ray.config import ConfigError
+from kka_ray.loop import load_run_config, run_loop
 
 
 def test_help_lists_every_command(capsys):
@@ -33,24 +35,32 @@ def test_a_command_help_lists_its_config_fields(capsys):
     assert "detectors (dict[str, detector config]; (required))" in out
 
 
-def test_kka_loop_runs_a_tiny_loop_with_only_its_own_progress(tiny, tmp_path):
-    """The console script on a fresh local Ray (no dashboard): the loop's lines and the fits' progress, none of
-    Ray's INFO lines, and no PlacementGroupCleaner traceback (Ray 2.60's, without a dashboard). T = 0: the DPO
-    round runs the same code under `ray job submit` (test_job_submit.py)."""
-    cfg = tiny_config(tiny, tmp_path / "runs", name="cli", update={"iterations": 0})
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+def test_kka_resume_continues_a_stopped_run_with_only_its_own_progress(tiny_run, tmp_path):
+    """The console script on a fresh local Ray (no dashboard) continues a run stopped after iteration 1: the
+    loop's lines and the fits' progress, none of Ray's INFO lines, no PlacementGroupCleaner traceback (Ray 2.60's,
+    without a dashboard), and iteration 1's adapter and theta_C carry on to the uninterrupted run's tables. (A new
+    run starts in the session's tiny run; the stop itself, --stop-after under `ray job submit`, is in
+    test_job_submit.py.)"""
+    _, state = tiny_run
+    run = after_iteration(state, 1, tmp_path / "stopped")
+    with pytest.raises(ConfigError, match="--resume"):
+        run_loop(load_run_config(str(run), []))  # the folder holds a run: refuse to start over it
     env = {k: v for k, v in os.environ.items() if k not in ("KKA_LOG_LEVEL", "KKA_QUIET")} | {"RAY_ADDRESS": ""}
-    out = subprocess.run([Path(sys.executable).parent / "kka", "loop", "--config", str(config)],
+    out = subprocess.run([Path(sys.executable).parent / "kka", "resume", str(run)],
                          capture_output=True, text=True, env=env, timeout=600)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
-    assert "iter 0 evaluate: SAD + KKA(0) test AUROC" in log and "deepsad train epoch 1/1" in log
+    assert "iter 2 evaluate: SAD + KKA(2) test AUROC" in log and "deepsad train epoch 1/1" in log
     assert "done in" in log  # the run ends with its report
     for noise in ("PlacementGroupCleaner", "Failed to query Ray Train Controller", "Reporting training result",
                   "Requesting resources"):
         assert noise not in log, noise
-    assert (tmp_path / "runs" / "cli" / "iter_0" / "anomalies.parquet").is_file()
+    for name in ("anomalies", "generated", "rejects"):
+        a = stable(pq.read_table(f"{state.store.path('')}/iter_2/{name}.parquet"))
+        assert a.equals(stable(pq.read_table(run / f"iter_2/{name}.parquet"))), name
+    resumed = json.loads((run / "state.json").read_text())
+    assert resumed["completed"] == 2 and [r["auroc"] for r in resumed["rows"]] == [r["auroc"] for r in state.rows]
+    assert "SAD + KKA(2)" in (run / "report.md").read_text()
 
 
 def test_unknown_command_is_named():

@@ -1,12 +1,16 @@
 """Every registered detector, anomalib-style: a tiny task fitted with and without anomalies, scores in input
 order, an obvious outlier ranked above held-out normals."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from kka_ray.data import build_dataset, make_task
 from kka_ray.detectors import DETECTORS, build_detector
 from kka_ray.metrics import auroc
+from kka_ray.registry import Registry
 
 # The smallest config of each registered detector that still learns something on 28 px images.
 TINY = {
@@ -35,6 +39,30 @@ def tiny_task():
 
 def test_every_registered_detector_has_a_tiny_config():
     assert sorted(TINY) == DETECTORS.names()
+
+
+def test_a_deepsad_train_worker_imports_no_other_detector():
+    """Detector packages load on first use: what a Deep SAD Ray Train worker unpickles (the trainer, the loop, its
+    config) pulls in neither the other detectors nor their libraries (seconds per worker process)."""
+    code = ("import sys, kka_ray.detectors.trainer, kka_ray.detectors.deepsad.train, kka_ray.config; "
+            "from kka_ray.detectors import DETECTORS; DETECTORS.get('deepsad'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'transformers', 'diffusers') "
+            "or m.startswith(('kka_ray.detectors.knn', 'kka_ray.detectors.ssd', 'kka_ray.detectors.simplenet'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_declared_backend_is_imported_on_first_use_and_must_register():
+    reg = Registry("thing")
+    reg.declare("json", "json")  # a module that registers nothing under that name
+    assert reg.names() == ["json"] and "json" in reg and reg.check("json") == "json"
+    with pytest.raises(RuntimeError, match="json was declared to register thing 'json' but did not"):
+        reg.get("json")
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.declare("json", "json")
+    with pytest.raises(KeyError, match="unknown thing 'nothing'; registered: json"):
+        reg.get("nothing")
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

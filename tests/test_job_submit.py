@@ -1,6 +1,7 @@
-"""The product's cluster path: `ray start --head`, `ray job submit -- python jobs/kka_loop.py ... --stop-after 0`
-(a time-limited job slot), outputs checked, head stopped. Resuming such a run is in test_kka_loop.py. The head
-runs in the foreground (--block) so stopping it leaves other Ray instances (the test session's own) alone."""
+"""The product's cluster path: `ray start --head`, `ray job submit -- python jobs/kka_loop.py --resume RUN
+--stop-after 1` (a time-limited job slot's share of a run), outputs checked, head stopped. The console script's
+resume is in test_cli.py. The head runs in the foreground (--block) so stopping it leaves other Ray instances
+(the test session's own) alone."""
 
 import json
 import os
@@ -13,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
-import yaml
-from tiny_loop import tiny_config
+from tiny_loop import after_iteration, stable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,31 +70,32 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def test_ray_job_submit_runs_the_loop(head, tiny, tmp_path):
+def test_ray_job_submit_runs_the_loop(head, tiny_run, tmp_path):
+    """A job slot's share of a run: the job continues the tiny run from iteration 0's checkpoint, runs
+    iteration 1 (with iteration 0's adapter) and its DPO round, and stops after it as asked."""
     address, env = head
-    cfg = tiny_config(tiny, tmp_path / "runs", name="submitted", update={"iterations": 1})
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    _, state = tiny_run
+    run = after_iteration(state, 0, tmp_path / "submitted")
     runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"KKA_PROGRESS": "0"}})
     for _ in range(12):  # the job server answers before the node's job agent is up; it says so
         out = subprocess.run(
             [Path(sys.executable).parent / "ray", "job", "submit", "--address", address, "--runtime-env-json",
-             runtime_env, "--", "python", "jobs/kka_loop.py", "--config", str(config),
-             "--stop-after", "0"],
+             runtime_env, "--", "python", "jobs/kka_loop.py", "--resume", str(run), "--stop-after", "1"],
             env=env, capture_output=True, text=True, timeout=900)
         if "No available agent" not in out.stderr:
             break
         time.sleep(5)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "succeeded" in out.stdout
-    run = tmp_path / "runs" / "submitted"
-    state = json.loads((run / "state.json").read_text())
-    assert state["completed"] == 0 and (run / "iter_0" / "anomalies.parquet").is_file()
-    assert not (run / "iter_1").exists() and not (run / "report.md").exists()  # the report waits for the end
-    assert json.loads((run / "summary.json").read_text())["rows"] == state["rows"]
+    saved = json.loads((run / "state.json").read_text())
+    assert saved["completed"] == 1 and (run / "iter_1" / "adapter" / "adapter_config.json").is_file()
+    assert not (run / "iter_2").exists() and not (run / "report.md").exists()  # the report waits for the end
+    assert json.loads((run / "summary.json").read_text())["rows"] == saved["rows"]
+    a = stable(pq.read_table(f"{state.store.path('')}/iter_1/anomalies.parquet"))
+    assert a.equals(stable(pq.read_table(run / "iter_1" / "anomalies.parquet")))  # the same iteration 1
     # the job's progress reached the submitter's terminal, ending with how to continue
-    assert "iter 0 evaluate: SAD + KKA(0) test AUROC" in out.stdout
-    assert f"stopped after iteration 0 as asked; continue with --resume {run}" in out.stdout
+    assert "iter 1 evaluate: SAD + KKA(1) test AUROC" in out.stdout
+    assert f"stopped after iteration 1 as asked; continue with --resume {run}" in out.stdout
 
 
 def test_without_an_address_a_fresh_local_ray_starts_despite_a_stale_cluster_file():

@@ -11,17 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from tiny_loop import after_iteration
 
 from kka_ray.config import ConfigError
 from kka_ray.loop import KKAConfig, load_run_config, run_loop
 from kka_ray.loop_bench import FIXED, fixed_judge_shares
-
-# Timing columns differ between runs by nature; everything else must be identical.
-TIMING = {"generation_seconds", "batch_start", "batch_end", "render_seconds"}
-
-
-def stable(table):
-    return table.drop_columns([c for c in table.column_names if c in TIMING])
 
 
 def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
@@ -75,41 +69,6 @@ def test_loop_runs_all_iterations_with_checkpoints(tiny_run):
               "iter_0/hard_grid.png", "baseline/evaluator/deepsad.safetensors"):
         assert state.store.exists(f), f
     assert "SAD + KKA(2)" in state.store.read_text("report.md")
-
-
-def after_iteration(state, t: int, dest: Path, **update) -> Path:
-    """A copy of the tiny run's folder as it stood when iteration t's checkpoint was written (what a run stopped
-    or killed between iterations t and t + 1 leaves), its config updated. The loop is deterministic, so this is
-    the folder a second run with --stop-after t would write, without paying for iterations 0 .. t again."""
-    later = [f"iter_{k}" for k in range(t + 1, len(state.rows))]
-    shutil.copytree(Path(state.store.path("")), dest, ignore=shutil.ignore_patterns(
-        *later, "report.md", "auroc.png", "summary.json", FIXED))
-    saved = json.loads((dest / "state.json").read_text())
-    (dest / "state.json").write_text(json.dumps({**saved, "completed": t, "rows": saved["rows"][:t + 1]}))
-    tree = yaml.safe_load((dest / "config.yaml").read_text())
-    tree.update(name=dest.name, run_dir=str(dest.parent))
-    for section, values in update.items():
-        tree[section].update(values)
-    (dest / "config.yaml").write_text(yaml.safe_dump(tree))
-    return dest
-
-
-def test_resume_after_a_stop_gives_identical_tables(tiny_run, tmp_path):
-    """Stopped after iteration 1, the run resumes with iteration 1's adapter and theta_C and ends with the
-    uninterrupted run's tables. (The stop itself, --stop-after through `ray job submit`, is in
-    test_job_submit.py.)"""
-    _, state = tiny_run
-    run = after_iteration(state, 1, tmp_path / "stopped")
-    with pytest.raises(ConfigError, match="--resume"):
-        run_loop(load_run_config(str(run), []))  # the folder holds a run: refuse to start over it
-    resumed = run_loop(load_run_config(str(run), []), resume=True)
-    assert resumed.completed == 2
-    for name in ("anomalies", "generated", "rejects"):
-        a = stable(pq.read_table(f"{state.store.path('')}/iter_2/{name}.parquet"))
-        b = stable(pq.read_table(run / f"iter_2/{name}.parquet"))
-        assert a.equals(b), name
-    assert [r["auroc"] for r in resumed.rows] == [r["auroc"] for r in state.rows]
-    assert "SAD + KKA(2)" in resumed.store.read_text("report.md")
 
 
 def test_resume_refuses_changes_and_unknown_folders(tiny_run, tmp_path):

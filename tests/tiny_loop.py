@@ -1,6 +1,23 @@
-"""A whole KKA run configuration on tiny models, for end-to-end tests of the loop, the job path and Serve."""
+"""A whole KKA run configuration on tiny models, for end-to-end tests of the loop, the job path and Serve, and
+copies of the session's tiny run as it stood after an iteration."""
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
 
 from kka_ray.loop import KKAConfig
+from kka_ray.loop_bench import FIXED
+
+# Timing columns differ between runs by nature; everything else must be identical.
+TIMING = {"generation_seconds", "batch_start", "batch_end", "render_seconds"}
+
+
+def stable(table):
+    return table.drop_columns([c for c in table.column_names if c in TIMING])
+
+
 
 
 def tiny_config(tiny, run_dir, name="tiny", **update) -> KKAConfig:
@@ -22,3 +39,20 @@ def tiny_config(tiny, run_dir, name="tiny", **update) -> KKAConfig:
     for k, v in update.items():
         tree[k] = {**tree.get(k, {}), **v} if isinstance(v, dict) else v
     return KKAConfig.model_validate(tree)
+
+
+def after_iteration(state, t: int, dest: Path, **update) -> Path:
+    """A copy of the tiny run's folder as it stood when iteration t's checkpoint was written (what a run stopped
+    or killed between iterations t and t + 1 leaves), its config updated. The loop is deterministic, so this is
+    the folder a second run with --stop-after t would write, without paying for iterations 0 .. t again."""
+    later = [f"iter_{k}" for k in range(t + 1, len(state.rows))]
+    shutil.copytree(Path(state.store.path("")), dest, ignore=shutil.ignore_patterns(
+        *later, "report.md", "auroc.png", "summary.json", FIXED))
+    saved = json.loads((dest / "state.json").read_text())
+    (dest / "state.json").write_text(json.dumps({**saved, "completed": t, "rows": saved["rows"][:t + 1]}))
+    tree = yaml.safe_load((dest / "config.yaml").read_text())
+    tree.update(name=dest.name, run_dir=str(dest.parent))
+    for section, values in update.items():
+        tree[section].update(values)
+    (dest / "config.yaml").write_text(yaml.safe_dump(tree))
+    return dest
