@@ -1,6 +1,8 @@
 """Ray set-up choices that keep a normal run's output readable."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -54,3 +56,25 @@ def test_the_driver_process_gets_the_malloc_settings_too():
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
     assert apply_malloc_settings() == {"MALLOC_MMAP_THRESHOLD_": True, "MALLOC_TRIM_THRESHOLD_": True}
+
+
+# What Ray worker processes unpickle, and the libraries they must not load: each process pays its own imports
+# (seconds on a small CPU), and Ray starts one per fit, actor pool and DPO round.
+WORKER_IMPORTS = {
+    "deepsad-train": ("kka_ray.detectors.trainer, kka_ray.detectors.deepsad.train, kka_ray.config; "
+                      "from kka_ray.detectors import DETECTORS; DETECTORS.get('deepsad')",
+                      ("sklearn", "transformers", "diffusers", "kka_ray.detectors.knn", "kka_ray.detectors.ssd",
+                       "kka_ray.detectors.simplenet")),
+    "dpo": ("kka_ray.stages.prefer", ("sklearn", "diffusers", "kka_ray.stages.select")),
+    "lm-clean-render": ("kka_ray.stages.render", ("sklearn", "kka_ray.stages.select", "kka_ray.features")),
+}
+
+
+@pytest.mark.parametrize("worker", sorted(WORKER_IMPORTS))
+def test_worker_processes_import_only_what_they_use(worker):
+    modules, banned = WORKER_IMPORTS[worker]
+    code = (f"import sys, {modules}; "
+            f"print(sorted(m for m in sys.modules if m.startswith({banned!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", worker

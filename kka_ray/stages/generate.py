@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,10 @@ from kka_ray.config import Strict
 from kka_ray.data.task import OneClassTask
 from kka_ray.llm import LMConfig, build_backend
 from kka_ray.resources import peak_rss_mb
-from kka_ray.stages.select import Representative
 from kka_ray.text.clean import CleanConfig, clean_lines, drop_later_copies, line_key
+
+if TYPE_CHECKING:  # only named in annotations: selecting (scikit-learn) is not loaded in the actors
+    from kka_ray.stages.select import Representative
 
 PAPER_TEMPLATE = ("Please generate new sentences that describe {domain}. The sentences should follow the exact "
                   "structure and style of the example below: {example}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +17,10 @@ import ray
 
 from kka_ray.render import RenderConfig, build_renderer
 from kka_ray.stages.generate import COST_COLUMNS, GenerateConfig, NormalContext, description_stream, stream_costs
-from kka_ray.stages.select import Representative
 from kka_ray.text.clean import drop_later_copies
+
+if TYPE_CHECKING:  # only named in annotations: selecting (scikit-learn) is not loaded in the actors
+    from kka_ray.stages.select import Representative
 
 _RENDER_ONLY = ("image", "rendered", "render_seed", "render_seconds", "render_start", "render_end")
 
