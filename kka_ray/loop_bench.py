@@ -82,11 +82,13 @@ def check_same_run(location: str, run: KKAConfig) -> None:
 
 def run_one(run: KKAConfig, fixed_judge: bool = False, archive: str | None = None) -> dict:
     """A finished run is read back (from its folder, or else from the archive); a started one resumes; a new one
-    runs, and once finished is archived. A folder made with another configuration is refused, finished or not."""
+    runs, and once finished is archived (once: an archived run keeps the provenance of the code that made it). A
+    folder made with another configuration is refused, finished or not."""
     location = f"{run.run_dir}/{run.name}"
     kept = f"{archive}/{run.name}" if archive else None
+    in_archive = bool(kept) and RunStore(archive).exists(f"{run.name}/{STATE}")
     store = RunStore(location)
-    if kept and not store.exists(STATE) and RunStore(archive).exists(f"{run.name}/{STATE}"):
+    if in_archive and not store.exists(STATE):
         check_same_run(kept, run)  # archived runs are finished ones, with the benchmark's fixed-judge shares
         archived = RunStore(kept)
         if fixed_judge and not archived.exists(FIXED):
@@ -105,7 +107,7 @@ def run_one(run: KKAConfig, fixed_judge: bool = False, archive: str | None = Non
         out = {"rows": state.rows, "baseline": state.baseline}
     if fixed_judge:
         out["fixed"] = fixed_judge_shares(run)
-    if kept:
+    if kept and not in_archive:
         archive_run(store, RunStore(kept), run.update.iterations)
     return out
 

@@ -107,6 +107,11 @@ def test_a_finished_run_is_archived_and_read_back_from_a_fresh_clone(cfg, tmp_pa
     kept = RunStore(f"{cfg.archive}/{run.name}")
     assert kept.read_bytes(f"iter_{T}/anomalies.parquet") == b"A_T" and kept.read_bytes("iter_1/generated.parquet")
     assert not kept.exists("iter_0/evaluator") and kept.read_json("archived.json")["machine"]
+    provenance = kept.read_bytes("archived.json")
+    kept.write_bytes("archived.json", b'{"commit": "the code that made it"}')
+    run_one(run, archive=cfg.archive)  # read from runs/ again: archived once, its provenance kept
+    assert kept.read_json("archived.json") == {"commit": "the code that made it"}
+    kept.write_bytes("archived.json", provenance)
     store.fs.delete_dir(store.root)  # a fresh clone: runs/ is gone, the committed archive is not
     assert run_one(run, archive=cfg.archive)["rows"][-1]["auroc"] == 76
     assert not store.exists(STATE)  # read back, nothing ran
