@@ -174,15 +174,17 @@ def dpo_pairs(reps, ctx: NormalContext, gen: GenerateConfig, sentences: list[str
 
 def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str, float]:
     """One short DPO round per variant through Ray Train: the loop's settings, the other precision (not on a CPU
-    that emulates bf16, where `auto` never picks it), and the reference precompute toggled; step time, set-up time
-    (model load, reference pass), the whole round, and the last loss. A one-step round runs first, untimed: the
-    first round of a process paid about 20 s more (cold files, first Ray Train start), which had decided earlier
-    comparisons by their order."""
+    that emulates bf16, where `auto` never picks it), the reference precompute toggled, and the prefix sharing
+    toggled; step time, set-up time (model load, reference pass), the whole round, and the last loss. A one-step
+    round runs first, untimed: the first round of a process paid about 20 s more (cold files, first Ray Train
+    start), which had decided earlier comparisons by their order."""
     out: dict[str, float] = {}
     chosen = resolve_bf16("dpo", cfg.prefer.bf16, "cpu")
     other = "_fp32" if chosen else "_bf16"
     toggle = "_no_precompute" if cfg.prefer.precompute_ref else "_precompute"
-    variants = {"": {}, other: {"bf16": not chosen}, toggle: {"precompute_ref": not cfg.prefer.precompute_ref}}
+    unshared = "_no_share_prefix" if cfg.prefer.share_prefix else "_share_prefix"
+    variants = {"": {}, other: {"bf16": not chosen}, toggle: {"precompute_ref": not cfg.prefer.precompute_ref},
+                unshared: {"share_prefix": not cfg.prefer.share_prefix}}
     if not cpu_native_bf16():
         del variants[other]
     warm = cfg.prefer.model_copy(update={"steps": 1})

@@ -168,18 +168,19 @@ def test_perf_bench_restores_the_sections_it_does_not_measure_from_its_record(tm
     import json
 
     from kka_ray.commands import bench_perf
+    from kka_ray.store import RunStore
 
     monkeypatch.setattr(bench_perf, "describe", lambda: {"cpu_capability": "AVX2"})
     record, cache = tmp_path / "perf-cpu-avx2.json", tmp_path / "cache"
     cache.mkdir()
     sections = {s: {"commit": "c0ffee", "date": "2026-12-01", "metrics": {f"{s}_x": 1.0}} for s in ("dpo", "demo")}
     record.write_text(json.dumps({"cpu_capability": "AVX2", "sections": sections}))
-    bench_perf.restore_sections(record, cache, ["deepsad", "demo"])
+    bench_perf.restore_sections(record, RunStore(cache), ["deepsad", "demo"])
     assert sorted(p.name for p in cache.iterdir()) == ["dpo.json"]
     assert json.loads((cache / "dpo.json").read_text()) == sections["dpo"]
     record.write_text(json.dumps({"cpu_capability": "AVX512+avx512_bf16", "sections": sections}))
     with pytest.raises(SystemExit, match="AVX512.*this one has AVX2.*perf-cpu-<kind>"):
-        bench_perf.restore_sections(record, cache, ["deepsad"])
+        bench_perf.restore_sections(record, RunStore(cache), ["deepsad"])
 
 
 def test_controls_on_the_tiny_run(tiny_run, tmp_path, monkeypatch):

@@ -127,7 +127,7 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
     return "\n".join(lines)
 
 
-def restore_sections(record: Path, cache: Path, measured: list[str]) -> None:
+def restore_sections(record: Path, store: RunStore, measured: list[str]) -> None:
     """Sections the committed record holds (each with its commit, date and metrics), this run does not measure and
     the cache lacks go back into the cache: a record is filled over several sessions, and the cache does not outlive
     the machine. A record made on another kind of CPU is refused rather than mixed with this one's figures."""
@@ -138,7 +138,6 @@ def restore_sections(record: Path, cache: Path, measured: list[str]) -> None:
     if saved.get("cpu_capability", here) != here:
         raise SystemExit(f"{record}: measured on a CPU with {saved['cpu_capability']}, this one has {here}; "
                          "write this CPU's figures to their own record: --set record=perf-cpu-<kind>")
-    store = RunStore(cache)
     for name, section in saved.get("sections", {}).items():
         if "metrics" in section and name not in measured and not store.exists(f"{name}.json"):
             store.write_json(f"{name}.json", section)
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     loop = load_config(KKAConfig, pc.loop)
     cache = Path(pc.cache_dir)
     store = RunStore(cache)
-    restore_sections(Path("docs/results") / f"{pc.record}.json", cache, pc.sections)
+    restore_sections(Path("docs/results") / f"{pc.record}.json", store, pc.sections)
     measure = Measure(loop)
     for name in pc.sections:
         if store.exists(f"{name}.json"):
