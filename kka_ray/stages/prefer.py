@@ -71,7 +71,7 @@ class PreferConfig(Strict):
     ref_batch_size: int = Field(16, ge=1, description="Pairs per reference forward pass when precomputed")
     share_prefix: bool = Field(True, description="Run the token prefix every row of a batch shares (the few-shot "
                                "turns) and each pair's prompt once per forward pass, not once per row "
-                               "(kka_ray.llm.shared_forward); same log-probabilities and gradients. Off: trl's "
+                               "(kka_ray.llm.dpo_forward); same log-probabilities and gradients. Off: trl's "
                                "plain forward")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DPO)")
     max_failures: int = Field(1, ge=0, description="Ray Train restarts of a round whose worker died (a preempted "
@@ -195,7 +195,7 @@ def dpo_loop_per_worker(config: dict) -> None:
     from trl import DPOConfig, DPOTrainer
 
     from kka_ray.llm.hf import load_causal_lm
-    from kka_ray.llm.shared_forward import share_prefixes
+    from kka_ray.llm.dpo_forward import score_completions_only, share_prefixes
 
     class RoundSummary(TrainerCallback):
         """Adds the round's means (round_means), the held-out pairs' figures, the mean optimizer-step seconds and
@@ -239,6 +239,7 @@ def dpo_loop_per_worker(config: dict) -> None:
         # native-bf16 CPU) would train the LoRA update in bf16 and measured no faster per step.
         lm = lm.model_copy(update={"dtype": "float32"})
     tok, model = load_causal_lm(lm, device, merge_adapter=False, trainable=True)
+    score_completions_only()
     if cfg.share_prefix:
         share_prefixes(model)
     heldout = ray.get(config["heldout"])

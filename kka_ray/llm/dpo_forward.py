@@ -1,7 +1,12 @@
-"""A training forward that runs each shared token prefix once (DPO's prompts).
+"""trl's DPO forward on CPUs, without paying for the same tokens twice or for tokens nothing reads.
 
-trl's DPO batch is [chosen rows; rejected rows], each row prompt + completion, right-padded: the prompt of pair
-i is in rows i and i + B, and every prompt starts with the same few-shot turns (~200 tokens against completions
+The LM head: trl's fused head projects only the labelled (completion) positions onto the vocabulary on Triton
+devices, but every position elsewhere (to keep tile shapes fixed for compilers), so on a CPU it projected the
+~200 prompt tokens of each row onto 49k words, forward and backward, and that was most of a DPO step.
+`score_completions_only` makes it score the labelled positions everywhere: the same log-probabilities.
+
+The backbone: trl's DPO batch is [chosen rows; rejected rows], each row prompt + completion, right-padded: the
+prompt of pair i is in rows i and i + B, and every prompt starts with the same few-shot turns (~200 tokens against completions
 of at most 48), so the plain forward spends most of its time on the same tokens again. Here the backbone runs
 the prefix all rows share once (batch 1), each pair's own rest of the prompt once (batch B), and only the rows'
 own tails at batch 2B, each segment on the key-value cache of the ones before it. Gradients flow through the
@@ -10,9 +15,29 @@ cache, so the hidden states and the gradients are those of the plain forward (up
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from kka_ray.llm.hf import cache_kwarg
+
+
+def score_completions_only() -> None:
+    """trl's fused LM head scores only the positions with a label, as it does on CUDA (in this process). The
+    switch is trl's private `_use_triton` of trl.trainer.utils (trl 1.16, pinned in requirements/), where it
+    decides only that; the kernels read their own copy. A trl without it keeps its head, with a warning."""
+    import trl
+    import trl.trainer.utils as trl_utils
+
+    if not callable(getattr(trl_utils, "_use_triton", None)):
+        warnings.warn(f"trl {trl.__version__}: no trl.trainer.utils._use_triton; its fused LM head keeps scoring "
+                      "every position on this device (slower DPO steps, same results)", stacklevel=2)
+        return
+    trl_utils._use_triton = _compact
+
+
+def _compact(device) -> bool:
+    return True
 
 
 def share_prefixes(model) -> None:

@@ -1,5 +1,6 @@
-"""The prefix-sharing training forward gives the plain forward's log-probabilities and gradients, through trl's
-fused LM head and a peft LoRA adapter, the way trl's DPO calls the model."""
+"""DPO's forward on CPUs gives the plain forward's log-probabilities and gradients, through trl's fused LM head
+and a peft LoRA adapter, the way trl's DPO calls the model: the head scoring only labelled positions, the backbone
+running shared prefixes once."""
 
 import copy
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
+import trl.trainer.utils as trl_utils
+from trl.kernels import chunked_logprob
 from trl.trainer.utils import add_fused_lm_head
 
-from kka_ray.llm import shared_forward
-from kka_ray.llm.shared_forward import share_prefixes
+from kka_ray.llm import dpo_forward
+from kka_ray.llm.dpo_forward import score_completions_only, share_prefixes
 
 PAD = 0
 
@@ -62,8 +65,8 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_shared_forward_gives_the_plain_log_probs_and_gradients(case, monkeypatch):
     calls = []
-    shared_run = shared_forward.prefix_shared_forward
-    monkeypatch.setattr(shared_forward, "prefix_shared_forward", lambda *a, **k: calls.append(1) or shared_run(*a, **k))
+    shared_run = dpo_forward.prefix_shared_forward
+    monkeypatch.setattr(dpo_forward, "prefix_shared_forward", lambda *a, **k: calls.append(1) or shared_run(*a, **k))
     plain = tiny_lora_llama()
     shared = copy.deepcopy(plain)
     share_prefixes(shared)
@@ -92,3 +95,21 @@ def test_calls_it_cannot_share_go_to_the_plain_forward():
                                                                                         {"use_cache": True})]:
             torch.testing.assert_close(shared_backbone(input_ids=x, attention_mask=m, **kw).last_hidden_state,
                                        backbone(input_ids=x, attention_mask=m, **kw).last_hidden_state)
+
+
+def test_the_fused_head_scores_only_labelled_positions(monkeypatch):
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    scored = []
+    head = chunked_logprob.ChunkedLogProbFunction.apply
+    monkeypatch.setattr(chunked_logprob.ChunkedLogProbFunction, "apply",
+                        lambda hidden, *a: scored.append(len(hidden)) or head(hidden, *a))
+    model = tiny_lora_llama()
+    ids, mask, labels = dpo_batch(*CASES["few-shot prefix, own prompts and completions"])
+    logps, grads = run(model, ids, mask, labels)
+    score_completions_only()
+    compact_logps, compact_grads = run(model, ids, mask, labels)
+    labelled = int((labels[:, 1:] != -100).sum())
+    assert scored == [ids.numel() - len(ids), labelled] and labelled < ids.numel() / 3
+    torch.testing.assert_close(compact_logps, logps, rtol=1e-10, atol=1e-10)
+    for name, g in grads.items():
+        torch.testing.assert_close(compact_grads[name], g, rtol=1e-10, atol=1e-12)
