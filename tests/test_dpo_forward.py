@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+import trl.trainer.utils as trl_utils
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
-import trl.trainer.utils as trl_utils
 from trl.kernels import chunked_logprob
 from trl.trainer.utils import add_fused_lm_head
 
@@ -31,7 +31,7 @@ def tiny_lora_llama():
 
 def dpo_batch(prompts, chosen, rejected):
     """trl's layout: [chosen rows; rejected rows], prompt + completion, right-padded, completion labelled."""
-    rows = [(p, c) for p, c in zip(prompts, chosen)] + [(p, r) for p, r in zip(prompts, rejected)]
+    rows = [*zip(prompts, chosen, strict=True), *zip(prompts, rejected, strict=True)]
     width = max(len(p) + len(c) for p, c in rows)
     ids = torch.full((len(rows), width), PAD)
     mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)

@@ -6,11 +6,12 @@ devices, but every position elsewhere (to keep tile shapes fixed for compilers),
 `score_completions_only` makes it score the labelled positions everywhere: the same log-probabilities.
 
 The backbone: trl's DPO batch is [chosen rows; rejected rows], each row prompt + completion, right-padded: the
-prompt of pair i is in rows i and i + B, and every prompt starts with the same few-shot turns (~200 tokens against completions
-of at most 48), so the plain forward spends most of its time on the same tokens again. Here the backbone runs
-the prefix all rows share once (batch 1), each pair's own rest of the prompt once (batch B), and only the rows'
-own tails at batch 2B, each segment on the key-value cache of the ones before it. Gradients flow through the
-cache, so the hidden states and the gradients are those of the plain forward (up to float rounding; tested).
+prompt of pair i is in rows i and i + B, and every prompt starts with the same few-shot turns (~200 tokens
+against completions of at most 48), so the plain forward spends most of its time on the same tokens again.
+Here the backbone runs the prefix all rows share once (batch 1), each pair's own rest of the prompt once
+(batch B), and only the rows' own tails at batch 2B, each segment on the key-value cache of the ones before it.
+Gradients flow through the cache, so the hidden states and the gradients are those of the plain forward (up to
+the attention kernels' rounding; tested).
 """
 
 from __future__ import annotations

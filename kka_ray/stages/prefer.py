@@ -65,9 +65,8 @@ class PreferConfig(Strict):
     precompute_ref: bool = Field(False, description="Reference log-probabilities computed once before training, "
                                  "in no-grad batches of `ref_batch_size`, for the pairs the steps will use (and the "
                                  "held-out ones). Off: here each pair is used once, and on 2 CPU cores an 8-step "
-                                 "round took 87 s without it and 104 s with it (perf-cpu, 481b613: the reference "
-                                 "pass adds 22 s to the set-up and saves 0.75 s per step; a run in the other order "
-                                 "measured 93 s against 78 s). On when steps revisit pairs")
+                                 "round took 64 s without it and 62 s with it (perf-cpu-avx2, bf205df: the reference "
+                                 "pass adds 10 s to the set-up and saves 1.7 s per step). On when steps revisit pairs")
     ref_batch_size: int = Field(16, ge=1, description="Pairs per reference forward pass when precomputed")
     share_prefix: bool = Field(True, description="Run the token prefix every row of a batch shares (the few-shot "
                                "turns) and each pair's prompt once per forward pass, not once per row "
@@ -194,8 +193,8 @@ def dpo_loop_per_worker(config: dict) -> None:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from kka_ray.llm.hf import load_causal_lm
     from kka_ray.llm.dpo_forward import score_completions_only, share_prefixes
+    from kka_ray.llm.hf import load_causal_lm
 
     class RoundSummary(TrainerCallback):
         """Adds the round's means (round_means), the held-out pairs' figures, the mean optimizer-step seconds and
