@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from kka_ray.llm.hf import cache_kwarg
+from kka_ray.llm.hf import cache_kwarg, common_prefix
 
 
 def score_completions_only() -> None:
@@ -84,11 +84,11 @@ def prefix_shared_forward(plain, config, cache_key: str, ids: torch.Tensor, mask
     n, device = len(ids), ids.device
     lengths = mask.sum(1).tolist()
     rows = [ids[r, :lengths[r]].tolist() for r in range(n)]
-    shared = _common_prefix(rows, cap=min(lengths) - 1)  # >= 1: _shareable checked the first token
+    shared = common_prefix(rows, cap=min(lengths) - 1)  # >= 1: _shareable checked the first token
     half = n // 2 if n % 2 == 0 else 0
     pair_of = [r % half if half else r for r in range(n)]
     groups = half or n
-    own = [max(shared, _common_prefix([rows[g], rows[g + half]], cap=min(lengths[g], lengths[g + half]) - 1))
+    own = [max(shared, common_prefix([rows[g], rows[g + half]], cap=min(lengths[g], lengths[g + half]) - 1))
            if half else shared for g in range(groups)]  # where each pair's rows part
 
     ones = torch.ones(1, shared, dtype=mask.dtype, device=device)
@@ -116,13 +116,6 @@ def prefix_shared_forward(plain, config, cache_key: str, ids: torch.Tensor, mask
         row = torch.cat(parts)
         out.append(torch.cat([row, row.new_zeros(ids.shape[1] - len(row), row.shape[1])]))
     return BaseModelOutputWithPast(last_hidden_state=torch.stack(out))
-
-
-def _common_prefix(rows: list[list[int]], cap: int) -> int:
-    k = 0
-    while k < cap and all(r[k] == rows[0][k] for r in rows):
-        k += 1
-    return k
 
 
 def _segments(parts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -172,6 +172,14 @@ def as_messages(column) -> list[list[dict]]:
     return [[{"role": str(t["role"]), "content": str(t["content"])} for t in cell] for cell in column]
 
 
+def common_prefix(rows: list[list[int]], cap: int) -> int:
+    """How many leading tokens every row shares, at most cap."""
+    k = 0
+    while k < cap and all(r[k] == rows[0][k] for r in rows):
+        k += 1
+    return k
+
+
 def shared_prefix_inputs(model, tok, texts: list[str], device: str, share: bool = True):
     """Token ids, attention mask and a key-value cache of the token prefix that every prompt shares.
 
@@ -184,9 +192,8 @@ def shared_prefix_inputs(model, tok, texts: list[str], device: str, share: bool 
 
     special = not tok.chat_template  # a chat template writes its own BOS into the text
     rows = [tok(t, add_special_tokens=special)["input_ids"] for t in texts]
-    n = 0  # the shared prefix; at least one own token per row stays uncached for generate to start from
-    while share and n < min(map(len, rows)) - 1 and all(r[n] == rows[0][n] for r in rows):
-        n += 1
+    # at least one own token per row stays uncached for generate to start from
+    n = common_prefix(rows, cap=min(map(len, rows)) - 1) if share else 0
     width = max(map(len, rows)) - n
     ids = torch.full((len(rows), n + width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
