@@ -13,9 +13,21 @@ from kka_ray.llm.hf import SeededSampler, load_causal_lm, shared_prefix_inputs, 
 @pytest.mark.parametrize("top_p", [0.5, 0.95])
 def test_top_p_filter_matches_transformers(scale, top_p):
     scores = torch.randn(16, 5000, generator=torch.Generator().manual_seed(0)) * scale
-    ours, theirs = top_p_filter(scores, top_p, scan=256), TopPLogitsWarper(top_p)(None, scores.clone())
+    ours, theirs = top_p_filter(scores, top_p), TopPLogitsWarper(top_p)(None, scores.clone())
     assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
     assert torch.equal(ours[~torch.isinf(ours)], scores[~torch.isinf(theirs)])
+
+
+def test_top_p_filter_sorts_only_candidates_yet_equals_the_full_sort():
+    """Rows from flat to peaked over a real vocabulary's width: the bucket pruning drops only tokens the full
+    sort drops too."""
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(12, 49152, generator=g) * torch.linspace(0.2, 8.0, 12)[:, None]
+    probs = scores.softmax(-1)
+    vals, idx = probs.sort(-1, descending=True)
+    full = torch.full_like(scores, float("-inf")).scatter_(
+        1, idx, torch.where((vals.cumsum(-1) - vals) < 0.95, scores.gather(1, idx), float("-inf")))
+    assert torch.equal(top_p_filter(scores, 0.95), full)
 
 
 def test_shared_prefix_generation_equals_plain_padding(tiny):
