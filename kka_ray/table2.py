@@ -31,7 +31,7 @@ from kka_ray.detectors.base import DETECTORS, AnyDetectorConfig
 from kka_ray.figures import training_curves, tsne_panels
 from kka_ray.loop import KKAConfig
 from kka_ray.metrics import auroc
-from kka_ray.records import metric_key, write_record
+from kka_ray.records import git_commit, machine, metric_key, write_record
 from kka_ray.stages.evaluate import anomaly_set
 from kka_ray.store import RunStore
 from kka_ray.summary import over_classes
@@ -162,7 +162,7 @@ def fit_one(cfg: Table2Config, det_name: str, variant: str, task, anomalies: Ima
     score = 100 * auroc(task.test_targets, detector.score(task.test.images))
     row = {"detector": det_name, "variant": variant, "auroc": score, "generated": float(fit.get("generated", 0)),
            "given": 0 if anomalies is None else len(anomalies), "fit_seconds": fit_seconds,
-           "seconds": time.perf_counter() - start,
+           "seconds": time.perf_counter() - start, "commit": git_commit(), "machine": machine(),
            "loss_curve": json.dumps([float(x) for x in fit.get("loss_curve") or []]),
            "monitor_curve": json.dumps([float(x) for x in fit.get("monitor_curve") or []])}
     return row, detector
@@ -248,7 +248,8 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
     figures = write_figures(cfg, store, outs)
     page = markdown(cfg, table, metrics, command) + "".join(f"\n![{name}]({name})\n" for name in figures)
     write_record(cfg.name, metrics, page, outs, command=command,
-                 extra={"config": cfg.model_dump(mode="json"), "kka_runs": sorted(set(table["source"]) - {""})})
+                 extra={"config": cfg.model_dump(mode="json"), "kka_runs": sorted(set(table["source"]) - {""}),
+                        "fits_from": provenance(table)})
     return metrics
 
 
@@ -300,12 +301,20 @@ def _count(metrics: dict, det_name: str, variant: str) -> str:
     return f"{own:,.0f} ({given:,.0f})" if own else f"({given:,.0f})"
 
 
+def provenance(table: pd.DataFrame) -> list[dict]:
+    """Fits per (commit, machine): a table resumed across sessions may come from several."""
+    return [{"commit": c, "machine": m, "fits": int(n)}
+            for (c, m), n in table.groupby(["commit", "machine"], sort=True).size().items()]
+
+
 def markdown(cfg: Table2Config, table: pd.DataFrame, metrics: dict[str, float], command: str) -> str:
     lines = [f"# {cfg.name}", "",
              f"The paper's Table II on {cfg.dataset.name}: {metrics['classes']:.0f} classes, seeds {cfg.seeds}, one "
              "fit per detector and variant per task, all at a fixed budget (no choice by test AUROC). KKA's sets "
              "are each loop run's A_t; noise and oracle sets have as many images.", "",
              f"Command: `{command}`", "",
+             "Fits made by " + "; ".join(f"{p['fits']} at commit {p['commit']} on {p['machine']}"
+                                         for p in provenance(table)) + " (a run resumed across sessions).", "",
              "| detector | variant | AUROC % (95% CI over classes) | gain vs none | generated (given) | fit min |",
              "|---|---|---|---|---|---|"]
     for det_name, variants in cfg.variants.items():

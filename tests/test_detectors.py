@@ -17,7 +17,7 @@ TINY = {
     "recontrast": {"backbone": {"image_size": 32, "taps": ["b2", "b4", "b10"]}, "bottleneck": 64, "steps": 30,
                    "batch_size": 16, "log_every": 10},
     "simplenet": {"backbone": {"image_size": 32, "taps": ["b4", "b10"], "batch_size": 64}, "pre_dim": 64,
-                  "dim": 64, "hidden": 64, "epochs": 3, "batch_size": 16},
+                  "dim": 64, "hidden": 64, "epochs": 5, "batch_size": 8, "lr": 1e-3, "adaptor_lr": 1e-3},
     "ssd": {"backbone": {"image_size": 32, "taps": ["head"]}, "epochs": 2, "batch_size": 64, "anomaly_views": 2,
             "score_batch_size": 128},
 }
@@ -118,3 +118,24 @@ def test_lite0_taps_are_checked():
         BackboneConfig(taps=["layer2"])
     with pytest.raises(ValueError, match="multiple of 32"):
         BackboneConfig(image_size=112, taps=["head"])
+
+
+def test_simplenet_fakes_are_on_the_features_own_scale(tmp_path):
+    """Backbone features may have any scale (EfficientNet-Lite's pooled taps have a per-dimension std near 3.5):
+    the head standardises them by the training normals' statistics, which it saves, so that D learns to tell
+    the fakes apart (the truncated-L1 loss leaves 1.0, what it is when D separates nothing)."""
+    import torch
+
+    from kka_ray.detectors.simplenet import train
+
+    rng = np.random.default_rng(0)
+    normals = (rng.normal(size=(512, 4, 8)) @ rng.normal(size=(8, 32)) * 4 + 10).astype(np.float16)
+    cfg = DETECTORS.get("simplenet").config_cls(**{**TINY["simplenet"], "epochs": 6})
+    head, metrics = train.fit_head({"normals": normals, "anomalies": normals[:0]}, cfg, seed=0)
+    flat = normals.reshape(-1, 32).astype(np.float64)
+    np.testing.assert_allclose(head.mean.numpy(), flat.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(head.std.numpy(), flat.std(0), rtol=1e-4)
+    assert metrics["loss_curve"][0] > metrics["loss"] and metrics["loss"] < 0.5
+    train.save(tmp_path, head)
+    f = torch.from_numpy(normals[:16])
+    torch.testing.assert_close(train.image_scores(train.load(tmp_path), f), train.image_scores(head, f))

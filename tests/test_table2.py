@@ -42,6 +42,7 @@ def test_table2_end_to_end(ray_local, loop_runs, tmp_path, monkeypatch):
         assert key in metrics, key
     record = json.loads((tmp_path / "results" / "table2-tiny.json").read_text())
     assert record["kka_runs"] == [f"{loop_runs}/shirt-seed3/iter_2"]
+    assert [p["fits"] for p in record["fits_from"]] == [4] and record["fits_from"][0]["commit"] == record["commit"]
     table = pd.read_parquet(tmp_path / "bench" / "table2-tiny" / "results.parquet")
     assert len(table) == 4
     given = table.set_index(["detector", "variant"])["given"]

@@ -36,7 +36,10 @@ class SimpleNetConfig(Strict):
     pre_dim: int = Field(256, ge=8, description="Each level's patch feature is pooled to this length")
     dim: int = Field(256, ge=8, description="The levels together are pooled to this length (adaptor width)")
     hidden: int = Field(256, ge=8, description="Discriminator hidden units")
-    noise_std: float = Field(0.015, gt=0, description="Standard deviation of the Gaussian fakes (paper: 0.015)")
+    noise_std: float = Field(0.3, gt=0, description="Standard deviation of the Gaussian fakes added to G's "
+                             "output, whose input is standardised per dimension (paper: 0.015 on WideResNet "
+                             "features of another scale; here D learned nothing at 0.015 or 0.1 within 8 epochs "
+                             "on Fashion-MNIST training features, see docs/design/detectors.md)")
     threshold: float = Field(0.5, gt=0, description="Margin of the truncated L1 loss (paper: 0.5)")
     anomaly_weight: float = Field(1.0, ge=0, description="Weight of the given anomalies' loss term")
     epochs: int = Field(8, ge=1, description="Passes over the normals; each draws one noisy copy of every "
@@ -95,4 +98,4 @@ class SimpleNet(Detector):
         if self.head is None:
             raise RuntimeError("SimpleNet: embed() called before fit()")
         f = torch.from_numpy(self.features(images)).float()
-        return self.head.adaptor(f).mean(1).numpy()
+        return self.head.adapt(f).mean(1).numpy()

@@ -31,26 +31,47 @@ def _xavier(module: nn.Module) -> None:
             nn.init.xavier_normal_(m.weight)
 
 
+def feature_stats(f: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation of (N, P, D) patch features over every patch, accumulated in
+    float64 a chunk of images at a time (the cache is float16 and too large to copy in fp32 at once)."""
+    dim = f.shape[2]
+    total, square, count = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64), 0
+    for i in range(0, len(f), chunk):
+        x = f[i:i + chunk].reshape(-1, dim).double()
+        total, square, count = total + x.sum(0), square + (x * x).sum(0), count + len(x)
+    mean = total / count
+    std = (square / count - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), std.float().clamp_min(1e-6)
+
+
 class SimpleNetHead(nn.Module):
     """Adaptor G (one linear layer) and discriminator D (linear, batch norm, leaky ReLU, linear to one logit).
+    G sees the features standardised by the training normals' per-dimension mean and std (buffers saved with
+    the weights), so the fakes' noise is on a known scale whatever the backbone's.
     `forward(f, noise, f_anomaly)` scores, in one pass so batch norm sees them together: G(f) (normal),
     G(f) + noise (SimpleNet's fakes) and G(f_anomaly) (given anomalies, no noise)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
         self.adaptor = nn.Linear(dim, dim)
         self.discriminator = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2),
                                            nn.Linear(hidden, 1, bias=False))
         _xavier(self)
 
+    def adapt(self, f: torch.Tensor) -> torch.Tensor:
+        """G(f) of raw patch features."""
+        return self.adaptor((f - self.mean) / self.std)
+
     def forward(self, f: torch.Tensor, noise: torch.Tensor, f_anomaly: torch.Tensor) -> torch.Tensor:
-        q = self.adaptor(f)
-        return self.discriminator(torch.cat([q, q + noise, self.adaptor(f_anomaly)])).squeeze(1)
+        q = self.adapt(f)
+        return self.discriminator(torch.cat([q, q + noise, self.adapt(f_anomaly)])).squeeze(1)
 
     @torch.no_grad()
     def patch_scores(self, f: torch.Tensor) -> torch.Tensor:
         """-D(G(f)) per patch row (eval mode: batch norm uses its running statistics)."""
-        return -self.discriminator(self.adaptor(f)).squeeze(1)
+        return -self.discriminator(self.adapt(f)).squeeze(1)
 
 
 def simplenet_loss(d: torch.Tensor, n_normal: int, threshold: float, anomaly_weight: float) -> torch.Tensor:

@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kka_ray.ddp import Progress, all_reduce_sum, unwrap
 from kka_ray.detectors import weights
-from kka_ray.detectors.simplenet.model import SimpleNetHead, simplenet_loss
+from kka_ray.detectors.simplenet.model import SimpleNetHead, feature_stats, simplenet_loss
 
 WEIGHTS_FILE = "simplenet.safetensors"
-FORMAT = "kka-simplenet-1"
+FORMAT = "kka-simplenet-2"  # 2: the standardisation buffers
 
 
 def image_scores(head: SimpleNetHead, f: np.ndarray | torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -48,7 +48,9 @@ def fit_head(data: dict, cfg, seed: int, *, prepare_model=lambda m: m, prepare_l
     noise_gen = torch.Generator().manual_seed(seed * 1009 + rank)  # each worker draws its own fakes
     loader = prepare_loader(DataLoader(TensorDataset(torch.from_numpy(normals)), batch_size=cfg.batch_size,
                                        shuffle=True, generator=gen))
-    model = prepare_model(SimpleNetHead(dim, cfg.hidden))
+    fresh = SimpleNetHead(dim, cfg.hidden)
+    fresh.mean, fresh.std = feature_stats(torch.from_numpy(normals))  # every worker holds all the normals
+    model = prepare_model(fresh)
     head = unwrap(model)
     device = next(head.parameters()).device
     opt_d = torch.optim.Adam(head.discriminator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
