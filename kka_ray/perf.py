@@ -142,23 +142,49 @@ def language_model(reps, ctx: NormalContext, gen: GenerateConfig) -> dict[str, f
         for share in (False, True):
             key = f"lm_tokens_per_s_{'fp32' if dtype == 'float32' else 'bf16'}_{'shared' if share else 'plain'}"
             out[key] = _bare_tokens_per_s(reps, ctx, gen, dtype=dtype, share_prefix=share)
-    scores = _next_token_logits(reps, ctx, gen) / gen.lm.temperature
-    warper = TopPLogitsWarper(gen.lm.top_p)
-    out["top_p_ms_transformers"] = 1000 * min(_timed(warper, None, scores)[1] for _ in range(5))
-    out["top_p_ms_ours"] = 1000 * min(_timed(top_p_filter, scores, gen.lm.top_p)[1] for _ in range(5))
+    steps = _decode_step_scores(reps, ctx, gen)
+    out["top_p_decode_steps"] = float(len(steps))
+    for key, nucleus in (("top_p_ms_transformers", lambda x: TopPLogitsWarper(gen.lm.top_p)(None, x)),
+                         ("top_p_ms_ours", lambda x: top_p_filter(x, gen.lm.top_p))):
+        per_batch = min(sum(_timed(nucleus, x)[1] for x in steps) for _ in range(3))
+        out[key] = 1000 * per_batch / len(steps)
     return out
 
 
 @torch.no_grad()
-def _next_token_logits(reps, ctx: NormalContext, gen: GenerateConfig) -> torch.Tensor:
-    """Real next-token logits of one batch of the loop's prompts: what the nucleus filter sees at a decode step."""
-    from kka_ray.llm.hf import as_messages, chat_texts, load_causal_lm
+def _decode_step_scores(reps, ctx: NormalContext, gen: GenerateConfig) -> list[torch.Tensor]:
+    """What the nucleus filter sees at every decode step of one batch of the loop's prompts, generated as the
+    LM stage does: peaked steps (a word's continuation) and flat ones (a new word) in their real proportion."""
+    from transformers import LogitsProcessor
+
+    from kka_ray.llm.hf import (
+        SeededSampler,
+        as_messages,
+        cache_kwarg,
+        chat_texts,
+        load_causal_lm,
+        shared_prefix_inputs,
+    )
     from kka_ray.stages.generate import prompt_table
+
+    class Recorder(LogitsProcessor):
+        def __init__(self):
+            self.steps = []
+
+        def __call__(self, input_ids, scores):
+            self.steps.append(scores.float() / gen.lm.temperature)
+            return scores
 
     tok, model = load_causal_lm(gen.lm)
     part = prompt_table(reps, ctx, gen, 0).slice(0, gen.lm.batch_size)
-    enc = tok(chat_texts(tok, as_messages(part.column("messages").to_pylist())), return_tensors="pt", padding=True)
-    return model(**enc, logits_to_keep=1).logits[:, -1].float()
+    texts = chat_texts(tok, as_messages(part.column("messages").to_pylist()))
+    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu", gen.lm.share_prefix)
+    recorder = Recorder()
+    sampler = SeededSampler(part.column("seed").to_pylist(), gen.lm.temperature, gen.lm.top_p)
+    model.generate(input_ids=ids, attention_mask=mask, **{cache_kwarg(model): cache}, do_sample=False,
+                   max_new_tokens=gen.lm.max_new_tokens, logits_processor=[recorder, sampler],
+                   pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+    return recorder.steps
 
 
 def dpo_pairs(reps, ctx: NormalContext, gen: GenerateConfig, sentences: list[str], n: int) -> pa.Table:

@@ -253,6 +253,11 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
     return metrics
 
 
+# Keys that change how fast a frozen or eval-mode network is run, never what it computes for an image.
+HOW_IT_RUNS = (*(f"backbone.{k}" for k in ("batch_size", "actors", "cpus_per_actor", "gpus_per_actor", "device")),
+               "score_batch_size", "score_actors")
+
+
 def finished_rows(store: RunStore, cfg: Table2Config) -> list[dict]:
     """Rows of an earlier run of the same configuration; where it runs may differ, what it measures may not."""
     if not store.exists(TABLE):
@@ -260,7 +265,8 @@ def finished_rows(store: RunStore, cfg: Table2Config) -> list[dict]:
     saved = load_config(Table2Config, store.path("config.yaml")).model_dump(mode="json")
     current = cfg.model_dump(mode="json")
     where = ("ray.", "run_dir", "results_dir", "archive")
-    changed = [k for k in config_diff(saved, current, ignore=where) if not k.startswith(("variants", "classes"))]
+    changed = [k for k in config_diff(saved, current, ignore=where) if not k.startswith(("variants", "classes"))
+               and not k.endswith(HOW_IT_RUNS)]
     if changed:  # more variants or classes extend the table; any other change is another benchmark
         raise ConfigError(f"{store.location} holds results of a different configuration: "
                           f"{describe_diff(saved, current, changed)}; choose another `name` or remove that folder")

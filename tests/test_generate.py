@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from pydantic import ValidationError
 from tiny_models import save_tiny_llama
 
@@ -202,3 +203,20 @@ def test_stream_costs_from_the_actors_timing_columns():
     assert c["generate_seconds"] == 4.0 and c["generate_rows_per_s"] == 0.5 and c["peak_rss_mb_generate"] == 900
     assert c["clean_seconds"] == 1.0 and c["clean_rows_per_s"] == 3.0 and c["peak_rss_mb_clean"] == 310
     assert c["render_seconds"] == 2.0 and c["render_rows_per_s"] == 1.0 and c["peak_rss_mb_render"] == 700
+
+
+def test_perf_times_the_nucleus_filter_on_every_decode_step_of_a_real_batch(tiny_lm):
+    """The perf job's input for the filters' timing: one batch's scores at each decode step, as the LM stage
+    samples them; both filters keep the same tokens on every step."""
+    from transformers import TopPLogitsWarper
+
+    from kka_ray.llm.hf import top_p_filter
+    from kka_ray.perf import _decode_step_scores
+
+    cfg = gen_config(tiny_lm, temperature=0.7, top_p=0.9)
+    steps = _decode_step_scores(REPS, CTX, cfg)
+    assert len(steps) == cfg.lm.max_new_tokens and all(s.shape == steps[0].shape for s in steps)
+    assert steps[0].shape[0] == cfg.lm.batch_size
+    for scores in steps:
+        ours = top_p_filter(scores, cfg.lm.top_p)
+        assert torch.equal(ours.isinf(), TopPLogitsWarper(cfg.lm.top_p)(None, scores.clone()).isinf())

@@ -109,7 +109,8 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
           if f"lm_tokens_per_s_{p}_plain" in m], "",
         "Model load: GGUF unpacked at every start (before) "
         f"{m.get('lm_load_s_gguf', float('nan')):.1f} s, the dequantized copy (after) "
-        f"{m.get('lm_load_s_cached', float('nan')):.2f} s. Nucleus filter per decode step: transformers "
+        f"{m.get('lm_load_s_cached', float('nan')):.2f} s. Nucleus filter, mean per decode step over the "
+        f"{m.get('top_p_decode_steps', float('nan')):.0f} steps of one batch: transformers "
         f"{m.get('top_p_ms_transformers', float('nan')):.1f} ms, ours {m.get('top_p_ms_ours', float('nan')):.1f} ms.",
         "",
         "DPO, one 8-step round through Ray Train per variant (the loop's settings, then each change), after an "
