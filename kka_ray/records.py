@@ -37,14 +37,15 @@ def machine() -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD, with "+modified" when tracked files other than the records differ from it (a job that writes
-    records as it goes would otherwise mark its own later records); None outside a git checkout (a `ray job
+    """HEAD, with "+modified" when tracked files other than the records and archives differ from it (a job that
+    writes them as it goes would otherwise mark its own later records); None outside a git checkout (a `ray job
     submit` working dir has no .git)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/results")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/results",
+                    ":(exclude)archive")
         return git("rev-parse", "HEAD") + ("+modified" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -6,7 +6,7 @@ import yaml
 
 from kka_ray.benchmark import BenchmarkConfig
 from kka_ray.config import ConfigError, apply_overrides, load_config, save_config
-from kka_ray.records import metric_key, write_record
+from kka_ray.records import git_commit, metric_key, write_record
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -73,6 +73,25 @@ def test_every_shipped_config_is_valid(folder, model):
             load_config(Fig4Config, f)
         else:
             load_config(getattr(importlib.import_module(module), cls), f)
+
+
+def test_a_job_writing_records_and_archives_does_not_mark_its_own_code_modified(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, cwd=tmp_path,
+                       capture_output=True)
+
+    for f in ("kka_ray/x.py", "docs/results/r.json", "archive/rows/results.parquet"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("0")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    monkeypatch.chdir(tmp_path)
+    for f in ("docs/results/r.json", "archive/rows/results.parquet"):
+        (tmp_path / f).write_text("1")
+    assert not git_commit().endswith("+modified")
+    (tmp_path / "kka_ray/x.py").write_text("1")
+    assert git_commit().endswith("+modified")
 
 
 def test_record_fields_and_validation(tmp_path):
