@@ -162,7 +162,7 @@ def fit_one(cfg: Table2Config, det_name: str, variant: str, task, anomalies: Ima
     score = 100 * auroc(task.test_targets, detector.score(task.test.images))
     row = {"detector": det_name, "variant": variant, "auroc": score, "generated": float(fit.get("generated", 0)),
            "given": 0 if anomalies is None else len(anomalies), "fit_seconds": fit_seconds,
-           "seconds": time.perf_counter() - start, "commit": git_commit(), "machine": machine(),
+           "seconds": time.perf_counter() - start,
            "loss_curve": json.dumps([float(x) for x in fit.get("loss_curve") or []]),
            "monitor_curve": json.dumps([float(x) for x in fit.get("monitor_curve") or []])}
     return row, detector
@@ -223,6 +223,7 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
         print(f"{cfg.name}: resuming, {len(jobs) - len(todo)} of {len(jobs)} fits already in {run / TABLE}")
     task_key, task, sets, sources = None, None, {}, {}
     figure_task = (classes[0], cfg.seeds[0])
+    made_by = {"commit": git_commit(), "machine": machine()}  # the code this process loaded, on this machine
     for cls, seed, det_name, variant in tqdm(todo, desc=cfg.name, unit="fit", disable=not progress):
         if task_key != (cls, seed):  # jobs are ordered by task: each task's data and sets are built once
             task = make_task(dataset, cfg.dataset.name, [cls], seed=seed, val_fraction=cfg.val_fraction)
@@ -236,7 +237,7 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
         row, detector = fit_one(cfg, det_name, variant, task, sets[variant], seed, run / "train", monitor)
         if figure:
             store.write_bytes(f"figures/{variant}.npz", figure_data(cfg, task, seed, detector, row))
-        rows.append({"normal_request": str(cls), "normal": task.normal_classes[0], "seed": seed, **row,
+        rows.append({"normal_request": str(cls), "normal": task.normal_classes[0], "seed": seed, **row, **made_by,
                      "source": sources.get(variant, "")})
         store.write_table(TABLE, pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
         if kept:

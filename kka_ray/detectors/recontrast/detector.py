@@ -21,7 +21,7 @@ from kka_ray.actor_map import map_images
 from kka_ray.config import Strict
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors import trainer
-from kka_ray.detectors.backbone import BackboneConfig, cpu_batch
+from kka_ray.detectors.backbone import BackboneConfig, images_per_pass
 from kka_ray.detectors.base import DETECTORS, Detector, checked_scores
 from kka_ray.detectors.recontrast import train
 
@@ -56,7 +56,7 @@ class ReContrastConfig(Strict):
     score_actors: int = Field(1, ge=1, description="Ray Data workers that score with the checkpoint in parallel "
                               "(actors on GPUs, tasks on CPUs)")
     score_batch_size: int | None = Field(None, ge=1, description="Images per scoring pass (on CPUs); None: "
-                                         "backbone.cpu_batch(backbone.image_size)")
+                                         "images_per_pass(None, backbone.image_size)")
     train: trainer.TrainWorkers = Field(default_factory=trainer.TrainWorkers)
 
 
@@ -86,5 +86,5 @@ class ReContrast(Detector):
         cfg = self.cfg
         scores = map_images(images, train.ReContrastScorer, {"checkpoint": self.checkpoint, "cfg": cfg},
                             output="score", actors=cfg.score_actors,
-                            batch_size=cfg.score_batch_size or cpu_batch(cfg.backbone.image_size), num_cpus=1)
+                            batch_size=images_per_pass(cfg.score_batch_size, cfg.backbone.image_size), num_cpus=1)
         return checked_scores(scores, f"ReContrast {self.checkpoint.path}")

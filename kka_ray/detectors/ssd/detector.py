@@ -21,7 +21,7 @@ from kka_ray.actor_map import map_images
 from kka_ray.config import Strict
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors import trainer
-from kka_ray.detectors.backbone import BackboneConfig, cpu_batch
+from kka_ray.detectors.backbone import BackboneConfig, images_per_pass
 from kka_ray.detectors.base import DETECTORS, Detector, checked_scores
 from kka_ray.detectors.ssd import train
 from kka_ray.detectors.ssd.model import Gaussians, Standardiser
@@ -46,7 +46,7 @@ class SSDConfig(Strict):
     score_actors: int = Field(1, ge=1, description="Ray Data workers that embed with the checkpoint in parallel "
                               "(actors on GPUs, tasks on CPUs)")
     score_batch_size: int | None = Field(None, ge=1, description="Images per scoring pass (on CPUs); None: "
-                                         "backbone.cpu_batch(backbone.image_size)")
+                                         "images_per_pass(None, backbone.image_size)")
     train: trainer.TrainWorkers = Field(default_factory=trainer.TrainWorkers)
 
 
@@ -64,7 +64,7 @@ class SSD(Detector):
         return map_images(images, train.SSDFeatures,
                           {"checkpoint": self.checkpoint, "cfg": cfg, "view_seed": view_seed}, output="feature",
                           actors=cfg.score_actors,
-                          batch_size=cfg.score_batch_size or cpu_batch(cfg.backbone.image_size), num_cpus=1)
+                          batch_size=images_per_pass(cfg.score_batch_size, cfg.backbone.image_size), num_cpus=1)
 
     def fit(self, normals: ImageSet, anomalies: ImageSet | None, *, seed: int, workdir: Path) -> dict:
         cfg = self.cfg
