@@ -260,18 +260,20 @@ HOW_IT_RUNS = (*(f"backbone.{k}" for k in ("batch_size", "actors", "cpus_per_act
 
 
 def finished_rows(store: RunStore, cfg: Table2Config) -> list[dict]:
-    """Rows of an earlier run of the same configuration; where it runs may differ, what it measures may not."""
+    """Rows of an earlier run of the same configuration; where it runs may differ, what it measures may not, and
+    a detector with no fit in the table yet may still be configured anew."""
     if not store.exists(TABLE):
         return []
     saved = load_config(Table2Config, store.path("config.yaml")).model_dump(mode="json")
     current = cfg.model_dump(mode="json")
-    where = ("ray.", "run_dir", "results_dir", "archive")
-    changed = [k for k in config_diff(saved, current, ignore=where) if not k.startswith(("variants", "classes"))
-               and not k.endswith(HOW_IT_RUNS)]
-    if changed:  # more variants or classes extend the table; any other change is another benchmark
+    rows = store.read_table(TABLE).to_pandas()
+    where = ("ray.", "run_dir", "results_dir", "archive", "variants", "classes",  # more variants/classes extend it
+             *(f"detectors.{d}." for d in {*saved["detectors"], *current["detectors"]} - set(rows["detector"])))
+    changed = [k for k in config_diff(saved, current, ignore=where) if not k.endswith(HOW_IT_RUNS)]
+    if changed:
         raise ConfigError(f"{store.location} holds results of a different configuration: "
                           f"{describe_diff(saved, current, changed)}; choose another `name` or remove that folder")
-    return store.read_table(TABLE).to_pandas().to_dict("records")
+    return rows.to_dict("records")
 
 
 def wide(table: pd.DataFrame, value: str) -> pd.DataFrame:

@@ -71,6 +71,12 @@ def test_table2_end_to_end(ray_local, loop_runs, tmp_path, monkeypatch):
     dumped = more.model_dump()
     dumped["detectors"]["knn"]["backbone"].update(batch_size=7, actors=2)
     assert run_table2(Table2Config.model_validate(dumped), command="pytest", progress=False) == pytest.approx(before)
+    # A detector with no fit in the table yet (sad) may be configured anew; one with fits may not.
+    dumped["detectors"]["sad"]["epochs"] += 1
+    assert run_table2(Table2Config.model_validate(dumped), command="pytest", progress=False) == pytest.approx(before)
+    dumped["detectors"]["knn"]["k"] += 1
+    with pytest.raises(ConfigError, match="detectors.knn.k"):
+        run_table2(Table2Config.model_validate(dumped), command="pytest", progress=False)
     # Any other change is another benchmark.
     changed = more.model_copy(update={"seeds": [4]})
     with pytest.raises(ConfigError, match="different configuration"):

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import ray
 import ray.train
 from pydantic import Field
@@ -48,6 +49,11 @@ def fit(fit_fn: Callable, save_fn: Callable, data: dict, cfg, seed: int, name: s
     return trainer.fit()
 
 
+def _writable(data: dict) -> dict:
+    """The object store hands out read-only arrays, which torch.from_numpy warns about: one private copy each."""
+    return {k: np.array(v) if isinstance(v, np.ndarray) and not v.flags.writeable else v for k, v in data.items()}
+
+
 def _worker(config: dict) -> None:
     import ray.train.torch
     import torch
@@ -55,7 +61,7 @@ def _worker(config: dict) -> None:
     cfg = config["cfg_cls"](**config["cfg"])
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
     with fit_run(config):
-        model, metrics = config["fit"](ray.get(config["data"]), cfg, config["seed"],
+        model, metrics = config["fit"](_writable(ray.get(config["data"])), cfg, config["seed"],
                                        prepare_model=ray.train.torch.prepare_model,
                                        prepare_loader=ray.train.torch.prepare_data_loader,
                                        rank=ray.train.get_context().get_world_rank())

@@ -142,12 +142,12 @@ def recontrast_loss(z, z_f, y_t, y_f, n_normal: int, *, alpha: float, factor: fl
         shrink_easy_points(targets, recons, alpha, factor)
     d_normal = torch.stack([image_distance(t, r) for t, r in pairs]).mean(0)
     loss = d_normal.mean()
-    stats = {"normal_distance": float(d_normal.mean())}
+    stats = {"normal_distance": d_normal.mean().item()}
     if len(z[0]) > n_normal:
         d_anomaly = torch.stack([image_distance(part(z_f, anomaly), part(y_t, anomaly)),
                                  image_distance(part(z, anomaly), part(y_f, anomaly))]).mean(0)
         loss = loss + anomaly_weight * F.relu(d_normal.mean().detach() + margin - d_anomaly).mean()
-        stats["anomaly_distance"] = float(d_anomaly.mean())
+        stats["anomaly_distance"] = d_anomaly.mean().item()
     return loss, stats
 
 
