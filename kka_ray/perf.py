@@ -178,7 +178,8 @@ def _decode_step_scores(reps, ctx: NormalContext, gen: GenerateConfig) -> list[t
     tok, model = load_causal_lm(gen.lm)
     part = prompt_table(reps, ctx, gen, 0).slice(0, gen.lm.batch_size)
     texts = chat_texts(tok, as_messages(part.column("messages").to_pylist()))
-    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu", gen.lm.share_prefix)
+    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu", gen.lm.max_new_tokens,
+                                            gen.lm.share_prefix)
     recorder = Recorder()
     sampler = SeededSampler(part.column("seed").to_pylist(), gen.lm.temperature, gen.lm.top_p)
     model.generate(input_ids=ids, attention_mask=mask, **{cache_kwarg(model): cache}, do_sample=False,

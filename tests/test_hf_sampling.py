@@ -36,7 +36,7 @@ def test_shared_prefix_generation_equals_plain_padding(tiny):
     tok, model = load_causal_lm(LMConfig(model=tiny["lm"], dtype="float32"))
     texts = ["shared few shot turns then row one", "shared few shot turns then a longer second row",
              "shared few shot turns then row one"]
-    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu")
+    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu", new_tokens=12)
     assert cache is not None and cache.get_seq_length() > 0
     assert (mask.sum(1) == torch.tensor([len(tok(t)["input_ids"]) for t in texts])).all()
 
@@ -46,5 +46,8 @@ def test_shared_prefix_generation_equals_plain_padding(tiny):
         return out[:, -12:]
 
     plain = tok(texts, return_tensors="pt", padding=True)
-    np.testing.assert_array_equal(sample(input_ids=ids, attention_mask=mask, cache=cache).numpy(),
-                                  sample(**plain).numpy())
+    expected = sample(**plain).numpy()  # transformers' own padding and dynamic cache
+    np.testing.assert_array_equal(sample(input_ids=ids, attention_mask=mask, cache=cache).numpy(), expected)
+    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu", new_tokens=12, share=False)
+    assert cache.get_seq_length() == 0  # nothing shared: an empty static cache that generate fills
+    np.testing.assert_array_equal(sample(input_ids=ids, attention_mask=mask, cache=cache).numpy(), expected)
