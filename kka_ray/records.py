@@ -15,7 +15,10 @@ from pathlib import Path
 
 
 def machine() -> str:
-    """One line naming the hardware the numbers were measured on."""
+    """One line naming the hardware the numbers were measured on, with the CPU's vector ISA and native bf16
+    extensions (VMs of one model name differ in them, and bf16 speed turns on them)."""
+    from kka_ray.precision import cpu_capability
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,7 +36,7 @@ def machine() -> str:
             gpu = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     except ImportError:
         pass
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {gpu}, {platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores ({cpu}, {cpu_capability()}), {mem:.0f} GiB RAM, {gpu}, {platform.system()} {platform.release()}"
 
 
 def git_commit() -> str | None:

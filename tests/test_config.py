@@ -6,6 +6,7 @@ import yaml
 
 from kka_ray.benchmark import BenchmarkConfig
 from kka_ray.config import ConfigError, apply_overrides, load_config, save_config
+from kka_ray.precision import cpu_capability
 from kka_ray.records import git_commit, metric_key, write_record
 
 
@@ -99,6 +100,7 @@ def test_record_fields_and_validation(tmp_path):
     rec = json.loads(path.read_text())
     assert {"name", "command", "date", "machine", "commit", "metrics"} <= rec.keys()
     assert rec["metrics"] == {"a": 1.5, "n": 3} and rec["command"] == "python jobs/x.py"
+    assert f", {cpu_capability()})" in rec["machine"]  # the CPU's kind: AVX2 and AVX512_BF16 VMs share a name
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert rec["commit"].removesuffix("+modified") == head  # the code the numbers came from
     assert (tmp_path / "r.md").read_text() == "# r\n"
