@@ -36,7 +36,8 @@ def machine() -> str:
             gpu = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     except ImportError:
         pass
-    return f"{os.cpu_count()} cores ({cpu}, {cpu_capability()}), {mem:.0f} GiB RAM, {gpu}, {platform.system()} {platform.release()}"
+    return (f"{os.cpu_count()} cores ({cpu}, {cpu_capability()}), {mem:.0f} GiB RAM, {gpu}, "
+            f"{platform.system()} {platform.release()}")
 
 
 def git_commit() -> str | None:
