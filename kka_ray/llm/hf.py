@@ -195,7 +195,7 @@ def shared_prefix_inputs(model, tok, texts: list[str], device: str, new_tokens: 
     starts, and the masked padding gets no position (positions come from the mask's cumulative sum).
 
     The cache is transformers' StaticCache, sized for the prompt and `new_tokens`: the default dynamic cache
-    copies every layer's keys and values at each decode step (torch.cat), which was 45% of a step on CPU.
+    copies every layer's keys and values at each decode step (torch.cat): 45% of a profiled batch on CPU.
     """
     from transformers import DynamicCache, StaticCache
 
