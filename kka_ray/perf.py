@@ -75,8 +75,9 @@ def in_fresh_process(fn, *args):
 
 def deepsad(task, cfg: KKAConfig, benchmark: DeepSADConfig, epochs: int, workdir: Path) -> dict[str, float]:
     """Seconds per epoch of each phase in fp32 and bf16 (bare loop, the evaluator's batch and threads), and whole
-    fits through Ray Train against the same fits in a bare loop in a fresh process: the loop's theta_C, and the
-    detector benchmark's longer fit (Ray Train's start-up is a fixed cost per fit)."""
+    fits through Ray Train (on a worker, and in its local mode in this process) against the same fits in a bare
+    loop in a fresh process: the loop's theta_C, and the detector benchmark's longer fit (Ray Train's start-up is
+    a fixed cost per fit)."""
     ev = cfg.evaluator
     data, (size, _, channels) = training_arrays(task.train_normal, None), task.train_normal.shape
     spec = net_spec(ev.net, channels, size, ev.rep_dim)
@@ -88,11 +89,13 @@ def deepsad(task, cfg: KKAConfig, benchmark: DeepSADConfig, epochs: int, workdir
         {suffix: (net_spec(c.net, channels, size, c.rep_dim), resolved(c, "cpu")) for suffix, c in fits.items()},
         ev.torch_threads or max(1, int(ev.cpus_per_worker)), cfg.seed)
     for suffix, config in fits.items():
-        _, out[f"deepsad_fit_s_ray{suffix}"] = _timed(DeepSAD(config).fit, task.train_normal, None, seed=cfg.seed,
-                                                      workdir=workdir)
-        bare, through_ray = out[f"deepsad_fit_s_bare{suffix}"], out[f"deepsad_fit_s_ray{suffix}"]
-        out[f"deepsad_ray_vs_bare_ratio{suffix}"] = bare / through_ray
-        out[f"deepsad_ray_fixed_s{suffix}"] = through_ray - bare
+        # "ray": on Ray Train workers (at least one); "local": Ray Train's local mode, in this process
+        for mode, workers in (("ray", max(1, config.num_workers)), ("local", 0)):
+            det = DeepSAD(config.model_copy(update={"num_workers": workers}))
+            _, took = _timed(det.fit, task.train_normal, None, seed=cfg.seed, workdir=workdir)
+            bare = out[f"deepsad_fit_s_bare{suffix}"]
+            out[f"deepsad_fit_s_{mode}{suffix}"], out[f"deepsad_{mode}_vs_bare_ratio{suffix}"] = took, bare / took
+            out[f"deepsad_{mode}_fixed_s{suffix}"] = took - bare
     return out
 
 

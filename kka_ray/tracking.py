@@ -3,7 +3,7 @@ final metrics, the report), a nested run per iteration (its metrics, grids and t
 store inside the run folder (`mlflow.db`, artifacts in `mlflow-artifacts/`), so every run folder carries its own
 tracking; `tracking.uri` or MLFLOW_TRACKING_URI sends it to a team's server instead. `tracking.enabled: false`
 turns it off. Every Ray Train fit of a tracked run (theta_C, DPO, detectors) logs its curves from its rank-0
-worker to a run of its own nested under the KKA run, through Ray's MLflow integration (`setup_mlflow`)."""
+worker to a run of its own nested under the KKA run."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from kka_ray.config import Strict, _flatten
 from kka_ray.store import RunStore, is_uri
 
 TRACKING_FILE = "tracking.json"  # the parent MLflow run id, so a resumed run logs into the same one
-# Where fits started now log their curves (set by Tracker.fits on the driver), and the rank-0 worker's MLflow
-# module while its fit runs (fit_run); None outside.
+# Where fits started now log their curves (set by Tracker.fits on the driver), and the rank-0 worker's (client,
+# run id) while its fit runs (fit_run); None outside.
 _FIT_PARENT: ContextVar[dict | None] = ContextVar("kka_fit_parent", default=None)
 _WORKER_MLFLOW = None
 
@@ -63,7 +63,7 @@ class Tracker:
             uri = f"sqlite:///{Path(store.location).resolve()}/mlflow.db"
         import mlflow
 
-        self.mlflow, self.uri = mlflow, uri
+        self.uri = uri
         self.client = client = mlflow.MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
@@ -84,9 +84,7 @@ class Tracker:
             store.write_json(TRACKING_FILE, {"uri": uri, "run_id": self.run_id})
 
     def _metrics(self, run_id: str, metrics: dict, step: int) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[self.mlflow.entities.Metric(k, v, now, step)
-                                               for k, v in numeric(metrics).items()])
+        log_metrics(self.client, run_id, metrics, step)
 
     def _files(self, run_id: str, rels: list[str], folder: str | None = None) -> None:
         for rel in rels if self.local else []:
@@ -133,28 +131,43 @@ def fit_tracking(name: str) -> dict:
 
 @contextmanager
 def fit_run(config: dict):
-    """In a Ray Train worker: the fit's nested MLflow run while it trains, on rank 0 only (Ray's setup_mlflow
-    hands the other ranks a module that does nothing)."""
+    """In a Ray Train worker (or the driver, in local mode): the fit's nested MLflow run while it trains, on rank 0
+    only. MlflowClient calls only, like Tracker's: the fluent API's set_tracking_uri and set_experiment would set
+    the process's MLFLOW_* variables, and a local-mode fit runs in the driver."""
     global _WORKER_MLFLOW
+    import ray.train
+
     spec = config.get("mlflow")
-    if spec is None:
+    if spec is None or ray.train.get_context().get_world_rank() != 0:
         yield
         return
-    from ray.air.integrations.mlflow import setup_mlflow
+    import mlflow
 
-    _WORKER_MLFLOW = setup_mlflow(tracking_uri=spec["uri"], experiment_id=spec["experiment_id"],
-                                  run_name=spec["name"], tags={"mlflow.parentRunId": spec["parent"]})
+    client = mlflow.MlflowClient(tracking_uri=spec["uri"])
+    run_id = client.create_run(spec["experiment_id"], run_name=spec["name"],
+                               tags={"mlflow.parentRunId": spec["parent"]}).info.run_id
+    _WORKER_MLFLOW = (client, run_id)
+    status = "FAILED"
     try:
         yield
+        status = "FINISHED"
     finally:
-        _WORKER_MLFLOW.end_run()
+        client.set_terminated(run_id, status=status)
         _WORKER_MLFLOW = None
 
 
 def log_step(metrics: dict, step: int) -> None:
     """A point of the running fit's curves (nothing outside fit_run or on ranks other than 0)."""
     if _WORKER_MLFLOW is not None:
-        _WORKER_MLFLOW.log_metrics(numeric(metrics), step=step)
+        log_metrics(*_WORKER_MLFLOW, metrics, step)
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int) -> None:
+    """The numeric entries of `metrics` at `step`, in one call."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in numeric(metrics).items()])
 
 
 BENCHMARKS = "kka-ray-benchmarks"

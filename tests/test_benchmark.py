@@ -18,6 +18,7 @@ def tiny_config(tmp_path, **extra) -> BenchmarkConfig:
     overrides = [
         "name=tiny", "classes=[trouser]", "seeds=[0]", "oracle_anomalies=200",
         "detector.epochs=2", "detector.ae_epochs=0", "detector.lr=1e-3", "detector.cpus_per_worker=2",
+        "detector.num_workers=0",  # Ray Train's local mode: the fit in this process
         f"run_dir={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(BenchmarkConfig, None, overrides)

@@ -113,3 +113,30 @@ def test_a_killed_train_worker_restarts_and_the_fit_equals_an_undisturbed_one(ra
     assert torch.equal(undisturbed["c"], restarted["c"])
     for k, v in undisturbed["state_dict"].items():
         assert torch.equal(restarted["state_dict"][k], v), k
+
+
+
+@pytest.mark.parametrize("name", ["deepsad", "simplenet"])
+def test_local_mode_fits_in_this_process_as_one_worker_does(ray_local, tiny_task, tmp_path, name):
+    """num_workers=0 (Ray Train's local mode) runs the fit in the calling process: the same model as one
+    worker's, its last checkpoint (of several reported) kept under the workdir, this process's threads back."""
+    import torch
+    from test_detectors import tiny_config
+
+    task, normals, test, _ = tiny_task
+    threads = torch.get_num_threads()
+
+    def fitted(workers: int, workdir):
+        cfg = tiny_config(name)
+        workers = {"num_workers": workers, "cpus_per_worker": 1}
+        cfg = (cfg.model_copy(update={**workers, "checkpoint_every": 1}) if name == "deepsad" else
+               cfg.model_copy(update={"train": cfg.train.model_copy(update=workers)}))
+        det = build_detector(cfg)
+        det.fit(normals.subset(np.arange(256)), task.oracle_anomalies(32), seed=0, workdir=workdir)
+        return det.score(test.images[:200])
+
+    local = fitted(0, tmp_path / "local")
+    assert torch.get_num_threads() == threads
+    kept = list((tmp_path / "local").glob("*/checkpoint_*"))
+    assert len(kept) == 1 and not list((tmp_path / "local").rglob(".*.tmp"))
+    np.testing.assert_allclose(local, fitted(1, tmp_path / "worker"), rtol=1e-5, atol=1e-7)

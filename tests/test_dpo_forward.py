@@ -98,7 +98,7 @@ def test_calls_it_cannot_share_go_to_the_plain_forward():
 
 
 def test_the_fused_head_scores_only_labelled_positions(monkeypatch):
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    plain = trl_utils._use_triton
     scored = []
     head = chunked_logprob.ChunkedLogProbFunction.apply
     monkeypatch.setattr(chunked_logprob.ChunkedLogProbFunction, "apply",
@@ -106,8 +106,9 @@ def test_the_fused_head_scores_only_labelled_positions(monkeypatch):
     model = tiny_lora_llama()
     ids, mask, labels = dpo_batch(*CASES["few-shot prefix, own prompts and completions"])
     logps, grads = run(model, ids, mask, labels)
-    score_completions_only()
-    compact_logps, compact_grads = run(model, ids, mask, labels)
+    with score_completions_only():
+        compact_logps, compact_grads = run(model, ids, mask, labels)
+    assert trl_utils._use_triton is plain  # the process's trl as it was (a local-mode fit runs in the driver)
     labelled = int((labels[:, 1:] != -100).sum())
     assert scored == [ids.numel() - len(ids), labelled] and labelled < ids.numel() / 3
     torch.testing.assert_close(compact_logps, logps, rtol=1e-10, atol=1e-10)

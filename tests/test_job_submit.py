@@ -72,10 +72,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 def test_ray_job_submit_runs_the_loop(head, tiny_run, tmp_path):
     """A job slot's share of a run: the job continues the tiny run from iteration 0's checkpoint, runs
-    iteration 1 (with iteration 0's adapter) and its DPO round, and stops after it as asked."""
+    iteration 1 (with iteration 0's adapter) and its DPO round, and stops after it as asked. The tiny run fitted
+    in Ray Train's local mode; here theta_C and DPO run on Ray Train workers, and the tables come out the same."""
     address, env = head
     _, state = tiny_run
-    run = after_iteration(state, 0, tmp_path / "submitted")
+    run = after_iteration(state, 0, tmp_path / "submitted", evaluator={"num_workers": 1}, prefer={"num_workers": 1})
     runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"KKA_PROGRESS": "0"}})
     for _ in range(12):  # the job server answers before the node's job agent is up; it says so
         out = subprocess.run(

@@ -17,7 +17,8 @@ def tiny_table2(tmp_path, runs, variants):
         "name": "table2-tiny", "classes": ["shirt"], "seeds": [3], "run_dir": str(tmp_path / "bench"),
         "results_dir": str(tmp_path / "results"), "archive": str(tmp_path / "kept"), "kka_rep": {"folder": str(runs)},
         "detectors": {"sad": {"name": "deepsad", **TINY["deepsad"]}, "knn": {"name": "knn", **TINY["knn"]},
-                      "simplenet": {"name": "simplenet", **TINY["simplenet"]}},
+                      # in Ray Train's local mode (tests/test_deepsad_ray.py: the same fit as on a worker)
+                      "simplenet": {"name": "simplenet", **TINY["simplenet"], "train": {"num_workers": 0}}},
         "variants": variants, "figures": {"detector": "simplenet" if "simplenet" in variants else None,
                                           "samples": 40, "monitor_anomalies": 20}})
 

@@ -22,13 +22,14 @@ def test_the_tiny_run_is_tracked_in_its_folder(tiny_run):
     assert [m.step for m in history] == [0, 1, 2]
     assert [m.value for m in history] == pytest.approx([r["auroc"] for r in state.rows])
     assert "report.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    # mlflow's fluent set_tracking_uri also sets this variable, which then sent every later run to this store
-    assert "MLFLOW_TRACKING_URI" not in os.environ
+    # mlflow's fluent set_tracking_uri and set_experiment also set these variables, which then sent every later
+    # run to this store (the tiny run's fits ran in this process: Ray Train's local mode)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     iterations = [c for c in children if " " not in c.info.run_name]
     assert sorted(c.info.run_name for c in iterations) == ["iter_0", "iter_1", "iter_2"]
-    # every Ray Train fit logged its curve from its worker (Ray's setup_mlflow), nested under the KKA run
+    # every Ray Train fit logged its curve from its rank-0 worker (tracking.fit_run), nested under the KKA run
     fits = {c.info.run_name: c.info.run_id for c in children if " " in c.info.run_name}
     epochs = client.get_metric_history(fits["baseline deepsad"], "deepsad_train_epoch_loss")
     assert [m.step for m in epochs] == list(range(1, cfg.evaluator.epochs + 1))

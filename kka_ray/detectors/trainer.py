@@ -14,7 +14,7 @@ import ray.train
 from pydantic import Field
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-from kka_ray.config import Strict
+from kka_ray.config import LOCAL_MODE, Strict
 from kka_ray.resources import peak_rss_mb
 from kka_ray.runtime import trainer_cls
 from kka_ray.tracking import fit_run, fit_tracking
@@ -23,7 +23,7 @@ from kka_ray.tracking import fit_run, fit_tracking
 class TrainWorkers(Strict):
     """Where a detector's fit runs; every trainable detector's config has these fields under `train`."""
 
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP: gloo on CPU, NCCL on GPU)")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers (DDP: gloo on CPU, NCCL on GPU)" + LOCAL_MODE)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="Threads per worker; None = cpus_per_worker")

@@ -17,24 +17,33 @@ the attention kernels' rounding; tested).
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import torch
 
 from kka_ray.llm.hf import cache_kwarg, common_prefix
 
 
-def score_completions_only() -> None:
-    """trl's fused LM head scores only the positions with a label, as it does on CUDA (in this process). The
-    switch is trl's private `_use_triton` of trl.trainer.utils (trl 1.16, pinned in requirements/), where it
-    decides only that; the kernels read their own copy. A trl without it keeps its head, with a warning."""
+@contextmanager
+def score_completions_only():
+    """While the block runs, trl's fused LM head scores only the positions with a label, as it does on CUDA (in
+    this process; restored after, since a fit in Ray Train's local mode runs in the driver). The switch is trl's
+    private `_use_triton` of trl.trainer.utils (trl 1.16, pinned in requirements/), where it decides only that;
+    the kernels read their own copy. A trl without it keeps its head, with a warning."""
     import trl
     import trl.trainer.utils as trl_utils
 
-    if not callable(getattr(trl_utils, "_use_triton", None)):
+    plain = getattr(trl_utils, "_use_triton", None)
+    if not callable(plain):
         warnings.warn(f"trl {trl.__version__}: no trl.trainer.utils._use_triton; its fused LM head keeps scoring "
-                      "every position on this device (slower DPO steps, same results)", stacklevel=2)
+                      "every position on this device (slower DPO steps, same results)", stacklevel=3)
+        yield
         return
     trl_utils._use_triton = _compact
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = plain
 
 
 def _compact(device) -> bool:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import ray
 from pydantic import Field
 
-from kka_ray.config import Strict
+from kka_ray.config import LOCAL_MODE, Strict
 from kka_ray.llm import LMConfig
 from kka_ray.precision import BF16_DESCRIPTION, Bf16, resolve_bf16
 from kka_ray.resources import peak_rss_mb
@@ -72,7 +72,7 @@ class PreferConfig(Strict):
                                "turns) and each pair's prompt once per forward pass, not once per row "
                                "(kka_ray.llm.dpo_forward); same log-probabilities and gradients. Off: trl's "
                                "plain forward")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DPO)")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers (data-parallel DPO)" + LOCAL_MODE)
     max_failures: int = Field(1, ge=0, description="Ray Train restarts of a round whose worker died (a preempted "
                               "node, a kill): the round starts again from its first step, with the same seed")
     cpus_per_worker: float = Field(2.0, gt=0)
@@ -140,9 +140,10 @@ def _draw(rows: list[dict], cap: int, rng: np.random.Generator) -> list[dict]:
 
 def mark_trained(pairs: pa.Table, cfg: PreferConfig, seed: int) -> pa.Table:
     """A `trained` column: the seeded draw of the training pairs the DPO steps consume (steps x batch x
-    accumulation x workers); held-out pairs never. The trainer would draw as many at random anyway; drawing them
-    first means the reference log-probabilities are precomputed for those pairs only, not for all `max_pairs`."""
-    used = cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.num_workers
+    accumulation x workers, one in local mode); held-out pairs never. The trainer would draw as many at random
+    anyway; drawing them first means the reference log-probabilities are precomputed for those pairs only, not
+    for all `max_pairs`."""
+    used = cfg.steps * cfg.batch_size * cfg.grad_accum * max(1, cfg.num_workers)
     candidates = np.flatnonzero(~pairs.column("heldout").to_numpy(zero_copy_only=False))
     mask = np.zeros(len(pairs), dtype=bool)
     chosen = candidates if len(candidates) <= used else np.random.default_rng(seed).choice(candidates, used,
@@ -238,7 +239,6 @@ def dpo_loop_per_worker(config: dict) -> None:
         # native-bf16 CPU) would train the LoRA update in bf16 and measured no faster per step.
         lm = lm.model_copy(update={"dtype": "float32"})
     tok, model = load_causal_lm(lm, device, merge_adapter=False, trainable=True)
-    score_completions_only()
     if cfg.share_prefix:
         share_prefixes(model)
     heldout = ray.get(config["heldout"])
@@ -262,7 +262,7 @@ def dpo_loop_per_worker(config: dict) -> None:
                              eval_dataset=Dataset.from_list(heldout) if heldout else None,
                              processing_class=tok, peft_config=lora,
                              callbacks=[RoundSummary(setup_start), Curves(), RayTrainReportCallback()])
-        with fit_run(config):
+        with fit_run(config), score_completions_only():
             prepare_trainer(trainer).train()
 
 
