@@ -25,7 +25,8 @@ class Strict(BaseModel):
 
 # How every Ray Train fit's `num_workers` reads 0 (kka_ray/runtime.py: trainer_cls).
 LOCAL_MODE = ("; 0 = Ray Train's local mode: the fit runs in the calling process, without worker actors, restarts "
-              "or DDP (one small machine: saves Ray Train's start, about 6 s a fit on 2 cores)")
+              "or DDP. It saves Ray Train's start (about 6 s a fit on 2 cores), but the driver ran Deep SAD's epochs "
+              "up to 1.5x slower than a fresh worker (perf-cpu): for short fits only")
 
 
 class RayConfig(Strict):

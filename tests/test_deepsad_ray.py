@@ -127,11 +127,8 @@ def test_local_mode_fits_in_this_process_as_one_worker_does(ray_local, tiny_task
     threads = torch.get_num_threads()
 
     def fitted(workers: int, workdir):
-        cfg = tiny_config(name)
-        workers = {"num_workers": workers, "cpus_per_worker": 1}
-        cfg = (cfg.model_copy(update={**workers, "checkpoint_every": 1}) if name == "deepsad" else
-               cfg.model_copy(update={"train": cfg.train.model_copy(update=workers)}))
-        det = build_detector(cfg)
+        cfg = tiny_config(name, num_workers=workers, cpus_per_worker=1)
+        det = build_detector(cfg.model_copy(update={"checkpoint_every": 1}) if name == "deepsad" else cfg)
         det.fit(normals.subset(np.arange(256)), task.oracle_anomalies(32), seed=0, workdir=workdir)
         return det.score(test.images[:200])
 

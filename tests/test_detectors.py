@@ -1,5 +1,6 @@
-"""Every registered detector, anomalib-style: a tiny task fitted with and without anomalies, scores in input
-order, an obvious outlier ranked above held-out normals."""
+"""Every registered detector, anomalib-style: a tiny task fitted with and without anomalies (on a Ray Train
+worker, then in Ray Train's local mode), scores in input order, an obvious outlier ranked above held-out
+normals."""
 
 import numpy as np
 import pytest
@@ -23,8 +24,15 @@ TINY = {
 }
 
 
-def tiny_config(name: str):
-    return DETECTORS.get(name).config_cls(**TINY[name])
+def tiny_config(name: str, **workers):
+    """`workers`: Ray Train settings (num_workers, cpus_per_worker) for a detector that trains through Ray Train:
+    top-level fields of Deep SAD's config, `train` of the others'; kNN has none."""
+    cfg = DETECTORS.get(name).config_cls(**TINY[name])
+    if not workers or name == "knn":
+        return cfg
+    if name == "deepsad":
+        return cfg.model_copy(update=workers)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=workers)})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +81,7 @@ def test_fit_and_score_a_tiny_task_without_and_with_anomalies(ray_local, tiny_ta
     assert auroc(targets, scores[:n_test]) > 0.7  # trousers against the rest are easy even for tiny fits
     assert scores[-1] > np.quantile(scores[held_out], 0.9)
 
-    with_anomalies = build_detector(tiny_config(name))
+    with_anomalies = build_detector(tiny_config(name, num_workers=0))  # Ray Train's local mode: in this process
     with_anomalies.fit(normals, anomalies, seed=0, workdir=tmp_path)
     trained = with_anomalies.score(images)
     assert np.isfinite(trained).all() and auroc(targets, trained[:n_test]) > 0.7
