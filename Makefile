@@ -29,12 +29,9 @@ setup-vllm:
 demo: setup $(PRIOR)
 	$(PY) jobs/kka_loop.py --config configs/kka/demo.yaml --continue
 
-# Two test processes (pytest-xdist), each with its own local Ray: most of a test's time is processes starting and
-# waiting on each other, which a second process fills (TEST_PROCS=0: one process).
-TEST_PROCS ?= 2
 test: setup
 	$(PY) -m ruff check kka_ray jobs tests
-	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadgroup
+	$(PY) -m pytest -q
 
 # The vLLM tier: the vllm backend and Serve generating for real on the CPU build of vLLM (tests/vllm_tier).
 test-vllm: setup-vllm

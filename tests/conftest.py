@@ -12,14 +12,6 @@ os.environ.setdefault("KKA_TRACKING", "0")  # records written by tests stay out 
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_tier"]
 
 
-def pytest_collection_modifyitems(items):
-    """`make test` spreads the tests over two processes (pytest-xdist, --dist loadgroup); the tests that read the
-    session's tiny run go to one of them, so that the run is made once."""
-    for item in items:
-        if "tiny_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("tiny_run"))
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     """One small local Ray for the whole session (start-up costs seconds)."""

@@ -1,7 +1,5 @@
 """Deep SAD through Ray Train (2 DDP workers) and Ray Data scoring, on a tiny Fashion-MNIST task."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -90,7 +88,7 @@ def test_a_killed_train_worker_restarts_and_the_fit_equals_an_undisturbed_one(ra
     import torch
 
     from kka_ray.detectors.deepsad import checkpoint as ckpt
-    from kka_ray.faults import Killer, descendants
+    from kka_ray.faults import Killer
 
     task, normals, test, _ = tiny_task
     cfg = DeepSADConfig(epochs=40, ae_epochs=0, pretrain=False, batch_size=128, cpus_per_worker=1, lr=1e-3,
@@ -101,8 +99,7 @@ def test_a_killed_train_worker_restarts_and_the_fit_equals_an_undisturbed_one(ra
         workdir = tmp_path / str(kill)
         # Killed once its first restart checkpoint is reported: mid-training, whatever the CPU's speed (a kill
         # by age hit a slow CPU's worker while it still started, which Ray Train counts as a controller error).
-        # Only this session's worker: `make test` runs two test processes, each with its own Ray.
-        killer = Killer(("RayTrainWorker",), after_s=0, deadline_s=300, scope=lambda: descendants(os.getpid()),
+        killer = Killer(("RayTrainWorker",), after_s=0, deadline_s=300,
                         when=lambda: any(workdir.glob("deepsad-*/checkpoint_*")))
         if kill:
             killer.start()
