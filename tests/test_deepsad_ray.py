@@ -115,7 +115,6 @@ def test_a_killed_train_worker_restarts_and_the_fit_equals_an_undisturbed_one(ra
         assert torch.equal(restarted["state_dict"][k], v), k
 
 
-
 @pytest.mark.parametrize("name", ["deepsad", "simplenet"])
 def test_local_mode_fits_in_this_process_as_one_worker_does(ray_local, tiny_task, tmp_path, name):
     """num_workers=0 (Ray Train's local mode) runs the fit in the calling process: the same model as one
