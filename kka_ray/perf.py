@@ -89,11 +89,11 @@ def deepsad(task, cfg: KKAConfig, benchmark: DeepSADConfig, epochs: int, workdir
         {suffix: (net_spec(c.net, channels, size, c.rep_dim), resolved(c, "cpu")) for suffix, c in fits.items()},
         ev.torch_threads or max(1, int(ev.cpus_per_worker)), cfg.seed)
     for suffix, config in fits.items():
+        bare = out[f"deepsad_fit_s_bare{suffix}"]
         # "ray": on Ray Train workers (at least one); "local": Ray Train's local mode, in this process
         for mode, workers in (("ray", max(1, config.num_workers)), ("local", 0)):
             det = DeepSAD(config.model_copy(update={"num_workers": workers}))
             _, took = _timed(det.fit, task.train_normal, None, seed=cfg.seed, workdir=workdir)
-            bare = out[f"deepsad_fit_s_bare{suffix}"]
             out[f"deepsad_fit_s_{mode}{suffix}"], out[f"deepsad_{mode}_vs_bare_ratio{suffix}"] = took, bare / took
             out[f"deepsad_{mode}_fixed_s{suffix}"] = took - bare
     return out

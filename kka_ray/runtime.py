@@ -165,7 +165,7 @@ def _local_fit(train_func, folder: Path):
 
     def run():
         utils = get_train_fn_utils()
-        report, kept, numbers = utils.report, [], itertools.count()
+        report, numbers = utils.report, itertools.count()
 
         def persisted(metrics, checkpoint=None, **kwargs):
             if checkpoint is not None:
@@ -175,9 +175,9 @@ def _local_fit(train_func, folder: Path):
                 shutil.rmtree(tmp, ignore_errors=True)
                 checkpoint.to_directory(str(tmp))
                 tmp.rename(final)
-                for old in kept:
-                    shutil.rmtree(old, ignore_errors=True)
-                kept[:] = [final]
+                for old in folder.glob("checkpoint_*"):
+                    if old != final:
+                        shutil.rmtree(old)
                 checkpoint = ray.train.Checkpoint(str(final))
             report(metrics, checkpoint, **kwargs)
 

@@ -25,14 +25,14 @@ TINY = {
 
 
 def tiny_config(name: str, **workers):
-    """`workers`: Ray Train settings (num_workers, cpus_per_worker) for a detector that trains through Ray Train:
-    top-level fields of Deep SAD's config, `train` of the others'; kNN has none."""
+    """`workers`: Ray Train settings (num_workers, cpus_per_worker), where the config has them: top-level (Deep
+    SAD's) or under `train` (the shared TrainWorkers); a detector that does not train through Ray Train has none."""
     cfg = DETECTORS.get(name).config_cls(**TINY[name])
-    if not workers or name == "knn":
-        return cfg
-    if name == "deepsad":
+    if workers and "num_workers" in type(cfg).model_fields:
         return cfg.model_copy(update=workers)
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update=workers)})
+    if workers and "train" in type(cfg).model_fields:
+        return cfg.model_copy(update={"train": cfg.train.model_copy(update=workers)})
+    return cfg
 
 
 @pytest.fixture(scope="module")
