@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-prompt", type=int, default=16, help="renders per class prompt")
     p.add_argument("--per-group", type=int, default=8, help="emoji concepts per coarse group")
     p.add_argument("--judge-epochs", type=int, default=3)
-    p.add_argument("--judge-max-train", type=int, default=None, help="training images per judge dataset (all)")
+    p.add_argument("--judge-max-train", type=int, default=None,
+                   help="real training images per judge dataset, the emoji group judge's included (all)")
     p.add_argument("--record", default=None, help="record name (default prior-<name>)")
     p.add_argument("--out", default="docs/results")
     args = p.parse_args(argv)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         if kind == "class_prompt":
             measured.append(("paraphrase", judge, paraphrase_prompts(names), args.per_prompt))
     sample, rest = emoji_sample(args.per_group)
-    judge, acc = group_judge(rest, sample, size, args.judge_epochs * 4)
+    judge, acc = group_judge(rest, sample, size, args.judge_epochs * 4, args.judge_max_train)
     metrics["emoji_group_judge_accuracy"] = acc
     measured.append(("emoji_group", judge, emoji_prompts(sample), 2))
     for kind, judge, prompts, per_prompt in measured:

@@ -91,9 +91,11 @@ def emoji_sample(per_group: int, seed: int = 0) -> tuple[list, list]:
     return sample, [c for c in grouped if c.name not in chosen]
 
 
-def group_judge(train_concepts: list, test_concepts: list, size: int, epochs: int) -> tuple[JudgeNet, float]:
-    """A coarse-group classifier on real emoji images of `train_concepts` (augmented), and its accuracy on the
-    real images of `test_concepts`, concepts it never saw: what a render of one may be held to."""
+def group_judge(train_concepts: list, test_concepts: list, size: int, epochs: int, max_train: int | None = None
+                ) -> tuple[JudgeNet, float]:
+    """A coarse-group classifier on real emoji images of `train_concepts` (a seeded `max_train` of them, then
+    augmented), and its accuracy on the real images of `test_concepts`, concepts it never saw: what a render of
+    one may be held to."""
     from kka_ray.data.emoji import GROUPS, EmojiDataset, load_png
     from kka_ray.prior.corpus import augment
 
@@ -104,6 +106,9 @@ def group_judge(train_concepts: list, test_concepts: list, size: int, epochs: in
         return pad_to(np.stack([r[0] for r in rows])[..., None], size), np.array([r[1] for r in rows])
 
     x, y = images(train_concepts)
+    if max_train and len(x) > max_train:
+        keep = np.sort(np.random.default_rng(0).choice(len(x), max_train, replace=False))
+        x, y = x[keep], y[keep]
     x = np.concatenate([x, augment(x, 7, np.ones(len(x), bool), np.random.default_rng(0))])
     net = train_judge(x, np.tile(y, 8), len(groups), epochs=epochs, batch_size=128)
     tx, ty = images(test_concepts)
