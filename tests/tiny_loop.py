@@ -18,8 +18,6 @@ def stable(table):
     return table.drop_columns([c for c in table.column_names if c in TIMING])
 
 
-
-
 def tiny_config(tiny, run_dir, name="tiny", **update) -> KKAConfig:
     tree = {
         "name": name, "run_dir": str(run_dir), "normal_classes": ["shirt"], "seed": 3, "grid_size": 8,
@@ -29,8 +27,8 @@ def tiny_config(tiny, run_dir, name="tiny", **update) -> KKAConfig:
                      "clean": {"min_words": 1, "similarity_threshold": None, "drop_truncated": False}},
         "render": {"model": tiny["sd"], "steps": 2, "batch_size": 8, "cpus_per_actor": 0.5},
         # an almost untrained theta_C places the random renders between the 88th and 97th percentile of the
-        # validation distances (seed 3); the 93rd as the boundary puts them on both sides, so DPO rounds happen
-        # Ray Train's local mode (fits in this process); the job-submit test runs the same loop on workers
+        # validation distances (seed 3); the 93rd as the boundary puts them on both sides, so DPO rounds happen.
+        # Fits run in Ray Train's local mode (in this process); the job-submit test runs the same loop on workers.
         "evaluator": {"pretrain": False, "epochs": 1, "lr": 1e-6, "batch_size": 512, "rep_dim": 8, "num_workers": 0},
         "split": {"quantile": 0.93},
         "prefer": {"steps": 2, "batch_size": 2, "max_length": 1024, "cpus_per_worker": 1, "num_workers": 0,
