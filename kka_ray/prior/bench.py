@@ -58,6 +58,13 @@ GREY = ("fashion_mnist", "mnist")  # the datasets with class judges: seen or nev
 HELD_OUT_TEMPLATES = ("an icon of a {noun}", "a simple drawing of a {noun}")
 
 
+def capped(n: int, max_train: int | None) -> np.ndarray:
+    """The indices a judge trains on: all n, or a seeded `max_train` of them in order."""
+    if not max_train or n <= max_train:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, max_train, replace=False))
+
+
 def judge_for(datasets: list[str], size: int, epochs: int, max_train: int | None = None
               ) -> tuple[JudgeNet, float, tuple[str, ...]]:
     """A judge trained on the datasets' training images (classes concatenated; a seeded `max_train` per dataset),
@@ -67,8 +74,8 @@ def judge_for(datasets: list[str], size: int, epochs: int, max_train: int | None
         ds = build_dataset(name)
         for split, out in (("train", train), ("test", test)):
             data = ds.load(split)
-            if split == "train" and max_train and len(data) > max_train:
-                data = data.subset(np.sort(np.random.default_rng(0).choice(len(data), max_train, replace=False)))
+            if split == "train":
+                data = data.subset(capped(len(data), max_train))
             out.append((pad_to(data.images, size), data.labels + len(names)))
         names += list(data.class_names)
     net = train_judge(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), len(names),
@@ -106,9 +113,8 @@ def group_judge(train_concepts: list, test_concepts: list, size: int, epochs: in
         return pad_to(np.stack([r[0] for r in rows])[..., None], size), np.array([r[1] for r in rows])
 
     x, y = images(train_concepts)
-    if max_train and len(x) > max_train:
-        keep = np.sort(np.random.default_rng(0).choice(len(x), max_train, replace=False))
-        x, y = x[keep], y[keep]
+    keep = capped(len(x), max_train)
+    x, y = x[keep], y[keep]
     x = np.concatenate([x, augment(x, 7, np.ones(len(x), bool), np.random.default_rng(0))])
     net = train_judge(x, np.tile(y, 8), len(groups), epochs=epochs, batch_size=128)
     tx, ty = images(test_concepts)
