@@ -154,20 +154,12 @@ def language_model(reps, ctx: NormalContext, gen: GenerateConfig) -> dict[str, f
     return out
 
 
-@torch.no_grad()
 def _decode_step_scores(reps, ctx: NormalContext, gen: GenerateConfig) -> list[torch.Tensor]:
     """What the nucleus filter sees at every decode step of one batch of the loop's prompts, generated as the
     LM stage does: peaked steps (a word's continuation) and flat ones (a new word) in their real proportion."""
     from transformers import LogitsProcessor
 
-    from kka_ray.llm.hf import (
-        SeededSampler,
-        as_messages,
-        cache_kwarg,
-        chat_texts,
-        load_causal_lm,
-        shared_prefix_inputs,
-    )
+    from kka_ray.llm.hf import HFGenerator
     from kka_ray.stages.generate import prompt_table
 
     class Recorder(LogitsProcessor):
@@ -178,16 +170,10 @@ def _decode_step_scores(reps, ctx: NormalContext, gen: GenerateConfig) -> list[t
             self.steps.append(scores.float() / gen.lm.temperature)
             return scores
 
-    tok, model = load_causal_lm(gen.lm)
     part = prompt_table(reps, ctx, gen, 0).slice(0, gen.lm.batch_size)
-    texts = chat_texts(tok, as_messages(part.column("messages").to_pylist()))
-    ids, mask, cache = shared_prefix_inputs(model, tok, texts, "cpu", gen.lm.max_new_tokens,
-                                            gen.lm.share_prefix)
     recorder = Recorder()
-    sampler = SeededSampler(part.column("seed").to_pylist(), gen.lm.temperature, gen.lm.top_p)
-    model.generate(input_ids=ids, attention_mask=mask, **{cache_kwarg(model): cache}, do_sample=False,
-                   max_new_tokens=gen.lm.max_new_tokens, logits_processor=[recorder, sampler],
-                   pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+    HFGenerator(gen.lm.model_dump()).sample(part.column("messages").to_pylist(), part.column("seed").to_pylist(),
+                                            (recorder,))
     return recorder.steps
 
 

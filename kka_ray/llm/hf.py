@@ -231,18 +231,23 @@ class HFGenerator:
         self.tok, self.model = load_causal_lm(self.cfg, self.device)
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> dict:
-        start = time.time()
-        texts = chat_texts(self.tok, as_messages(batch["messages"]))
+    def sample(self, messages, seeds, watchers: tuple = ()) -> torch.Tensor:
+        """The new token ids of one completion per row, sampled with the row's seed. `watchers` are logits
+        processors that see every decode step's scores before the sampler does."""
+        texts = chat_texts(self.tok, as_messages(messages))
         ids, mask, cache = shared_prefix_inputs(self.model, self.tok, texts, self.device,
                                                self.cfg.max_new_tokens, self.cfg.share_prefix)
-        sampler = SeededSampler(list(batch["seed"]), self.cfg.temperature, self.cfg.top_p)
+        sampler = SeededSampler(list(seeds), self.cfg.temperature, self.cfg.top_p)
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, **{cache_kwarg(self.model): cache}, do_sample=False,
-            max_new_tokens=self.cfg.max_new_tokens, logits_processor=[sampler],
+            max_new_tokens=self.cfg.max_new_tokens, logits_processor=[*watchers, sampler],
             pad_token_id=self.tok.pad_token_id, temperature=None, top_p=None, top_k=None,
         )
-        new = out[:, ids.shape[1]:].cpu()
+        return out[:, ids.shape[1]:].cpu()
+
+    def __call__(self, batch: dict) -> dict:
+        start = time.time()
+        new = self.sample(batch["messages"], batch["seed"])
         special = torch.tensor(self.tok.all_special_ids)
         n_tokens = (~torch.isin(new, special)).sum(dim=1).numpy()
         end = time.time()
