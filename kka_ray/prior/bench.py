@@ -58,10 +58,11 @@ GREY = ("fashion_mnist", "mnist")  # the datasets with class judges: seen or nev
 HELD_OUT_TEMPLATES = ("an icon of a {noun}", "a simple drawing of a {noun}")
 
 
-def capped(n: int, max_train: int | None) -> np.ndarray:
-    """The indices a judge trains on: all n, or a seeded `max_train` of them in order."""
+def capped(n: int, max_train: int | None) -> slice | np.ndarray:
+    """What a judge trains on, as an index: all n (a slice: no copy of the images), or a seeded `max_train` of them
+    in order."""
     if not max_train or n <= max_train:
-        return np.arange(n)
+        return slice(None)
     return np.sort(np.random.default_rng(0).choice(n, max_train, replace=False))
 
 
@@ -74,9 +75,8 @@ def judge_for(datasets: list[str], size: int, epochs: int, max_train: int | None
         ds = build_dataset(name)
         for split, out in (("train", train), ("test", test)):
             data = ds.load(split)
-            if split == "train":
-                data = data.subset(capped(len(data), max_train))
-            out.append((pad_to(data.images, size), data.labels + len(names)))
+            keep = capped(len(data), max_train) if split == "train" else slice(None)
+            out.append((pad_to(data.images[keep], size), data.labels[keep] + len(names)))
         names += list(data.class_names)
     net = train_judge(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), len(names),
                       epochs=epochs)
