@@ -426,6 +426,7 @@ def save_iteration(state: LoopState, t: int, anomalies: pa.Table, new: pa.Table,
     store.write_state(STATE, {"completed": t, "rows": state.rows, "baseline": state.baseline})
 
 
+MIN_RATE_SECONDS = 0.05  # a stage shorter than this shows no rate: rows over microseconds is timer noise
 COST_STAGES = ("select", "generate", "clean", "render", "split", "update", "evaluate", "test", "dpo")
 
 
@@ -437,6 +438,8 @@ def stage_cost_table(rows: list[dict], baseline: dict) -> list[str]:
 
     def cell(r: dict, key: str, fmt: str) -> str:
         v = r.get(key)
+        if key.endswith("_rows_per_s") and r.get(key.replace("_rows_per_s", "_seconds"), 0) < MIN_RATE_SECONDS:
+            return ""
         return "" if v is None or v != v else format(v, fmt)
 
     head = ["| iteration | " + " | ".join(COST_STAGES) + " |", "| --- |" + " ---: |" * len(COST_STAGES)]

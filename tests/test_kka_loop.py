@@ -127,6 +127,19 @@ def test_job_script_reports_config_errors(tmp_path):
     assert out.returncode != 0 and "update.mode" in out.stderr and "swap" in out.stderr
 
 
+def test_stage_cost_table_leaves_out_rates_of_instant_stages():
+    """A stage that took microseconds (update) shows its seconds but no rate: rows over a timer's noise."""
+    from kka_ray.loop import stage_cost_table
+
+    row = {"iteration": 0, "generate_seconds": 45.8, "generate_rows_per_s": 2.1, "update_seconds": 1e-6,
+           "update_rows_per_s": 7.3e7, "peak_rss_mb_generate": 1566.0}
+    lines = stage_cost_table([row], {"select_seconds": 8.6, "select_rows_per_s": 57.8})
+    rates = next(line for line in lines if line.startswith("| 0 rows/s |")).split(" | ")
+    assert "2.1" in rates and not any("73000000" in c for c in rates)
+    assert "0.0" in next(line for line in lines if line.startswith("| 0 s |")).split(" | ")
+    assert "57.8" in next(line for line in lines if line.startswith("| select rows/s |"))
+
+
 def test_perf_bench_reads_a_runs_stage_costs(tiny_run):
     """jobs/bench_perf.py's demo section: per-stage seconds summed over iterations, peaks maxed, and its page."""
 
