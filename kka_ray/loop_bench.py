@@ -31,7 +31,7 @@ from kka_ray.records import git_commit, machine, metric_key, write_record
 from kka_ray.runtime import init_ray
 from kka_ray.stages.evaluate import judge
 from kka_ray.store import RunStore
-from kka_ray.summary import over_classes
+from kka_ray.summary import over_classes, provenance, provenance_table
 
 
 class LoopBenchConfig(Strict):
@@ -95,20 +95,22 @@ def run_one(run: KKAConfig, fixed_judge: bool = False, archive: str | None = Non
             raise ConfigError(f"{kept}: archived without {FIXED} (its evaluators are not archived); set "
                               "fixed_judge: false")
         saved = archived.read_state(STATE)
-        return {"rows": saved["rows"], "baseline": saved["baseline"]} | (
+        return {"rows": saved["rows"], "baseline": saved["baseline"], "made": made_by(archived)} | (
             {"fixed": archived.read_json(FIXED)} if fixed_judge else {})
     if store.exists("config.yaml"):
         check_same_run(location, run)
     saved = store.read_state(STATE) if store.exists(STATE) else None
     if saved and saved["completed"] == run.update.iterations:
-        out = {"rows": saved["rows"], "baseline": saved["baseline"]}
+        out = {"rows": saved["rows"], "baseline": saved["baseline"], "made": UNKNOWN}
     else:
         state = run_loop(run, resume=saved is not None)
-        out = {"rows": state.rows, "baseline": state.baseline}
+        out = {"rows": state.rows, "baseline": state.baseline, "made": {"commit": git_commit(), "machine": machine()}}
     if fixed_judge:
         out["fixed"] = fixed_judge_shares(run)
     if kept and not in_archive:
         archive_run(store, RunStore(kept), run.update.iterations)
+    if kept:
+        out["made"] = made_by(RunStore(kept))
     return out
 
 
@@ -124,6 +126,13 @@ def archive_run(store: RunStore, kept: RunStore, T: int) -> None:
 
 
 PROVENANCE = "archived.json"  # the code and machine that made an archived run
+UNKNOWN = {"commit": "unknown", "machine": "unknown"}  # a finished run read back from a folder never archived
+
+
+def made_by(archived: RunStore) -> dict[str, str]:
+    """The commit and machine that finished an archived run (archives older than archived.json: unknown)."""
+    made = archived.read_json(PROVENANCE) if archived.exists(PROVENANCE) else {}
+    return {k: made.get(k, UNKNOWN[k]) for k in UNKNOWN}
 
 
 FIXED = "fixed_judge.json"
@@ -159,7 +168,9 @@ DPO = ("dpo_loss", "dpo_reward_margin", "dpo_heldout_reward_margin")
 def table(cfg: LoopBenchConfig, results: dict) -> pd.DataFrame:
     rows = []
     for (cls, seed), res in results.items():
-        row = {"class": str(cls), "seed": seed, "auroc_no_anomalies": res["baseline"]["auroc"]}
+        made = res.get("made", UNKNOWN)
+        row = {"class": str(cls), "seed": seed, "commit": made["commit"], "machine": made["machine"],
+               "auroc_no_anomalies": res["baseline"]["auroc"]}
         for r in res["rows"]:
             t = r["iteration"]
             row[f"auroc_kka{t}"] = r["auroc"]
@@ -253,7 +264,8 @@ def markdown(cfg: LoopBenchConfig, df: pd.DataFrame, m: dict[str, float], comman
              *rows(per_class),
              "| **mean** | " + " | ".join([f"**{mean[c]:.1f}**" for c in cols] +
                                          [f"**{mean[c]:.3f}**" for c in shares]) + " |",
-             "", "Every run:", "", "| run | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
+             "", *provenance_table(df, "runs"), "",
+             "Every run:", "", "| run | " + header, "| --- |" + " ---: |" * (len(cols) + len(shares)),
              *rows(df.set_index(df["class"].astype(str) + " seed " + df["seed"].astype(str)))]
     lines += ["", f"KKA({T}) - no anomalies: {m[f'gain_kka_iter{T}']:+.1f}{_ci(m, f'gain_kka_iter{T}')} points; "
               f"KKA(0) - no anomalies: {m['gain_kka_iter0']:+.1f}{_ci(m, 'gain_kka_iter0')}; KKA({T}) - KKA(0): "
@@ -316,5 +328,5 @@ def write(cfg: LoopBenchConfig, results: dict, command: str) -> dict[str, float]
         (out / f"{cfg.name}.png").write_bytes(png)
     write_record(cfg.name, m, markdown(cfg, df, m, command), outs, command=command,
                  extra={"config": cfg.model_dump(mode="json"), "loop_config": base_loop(cfg).model_dump(mode="json"),
-                        "runs": runs})
+                        "runs": runs, "runs_from": provenance(df, "runs")})
     return m

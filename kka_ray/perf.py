@@ -64,8 +64,9 @@ def _bare_deepsad(data: dict, epoch_runs: dict, fit_runs: dict, threads: int, se
 
 
 def in_fresh_process(fn, *args):
-    """fn(*args) in a new Python process without Ray: a driver connected to Ray ran the same Deep SAD loop 30%
-    slower (6.2 against 4.8 s per autoencoder epoch, 2-core EPYC), which is no cost of a bare loop."""
+    """fn(*args) in a new Python process without Ray, started as a Ray worker is. (The driver ran the same Deep
+    SAD loop 30% slower, 6.2 against 4.8 s per autoencoder epoch on a 2-core EPYC: its malloc trim threshold was
+    0, see runtime.apply_malloc_settings.)"""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

@@ -43,3 +43,16 @@ def over_classes(df: pd.DataFrame, columns: Sequence[str], *, class_col: str = "
                 metrics.update(_mean_and_ci(per_class[col] - per_class[reference], f"gain_{col}"))
     metrics.update(classes=len(per_class), seeds=int(df[seed_col].nunique()), runs=len(df))
     return metrics, per_class
+
+
+def provenance(df: pd.DataFrame, unit: str) -> list[dict]:
+    """Rows per (commit, machine) that made them: a benchmark resumed across sessions may span several."""
+    return [{"commit": c, "machine": m, unit: int(n)}
+            for (c, m), n in df.groupby(["commit", "machine"], sort=True).size().items()]
+
+
+def provenance_table(df: pd.DataFrame, unit: str) -> list[str]:
+    """provenance() as Markdown lines, for a record's page."""
+    return [f"Where the {unit} were made (one resumed across sessions may span several commits and machines; "
+            "times compare only within one machine):", "", f"| {unit} | commit | machine |", "|---|---|---|",
+            *(f"| {p[unit]} | {p['commit'][:12]} | {p['machine']} |" for p in provenance(df, unit))]

@@ -34,7 +34,7 @@ from kka_ray.metrics import auroc
 from kka_ray.records import git_commit, machine, metric_key, write_record
 from kka_ray.stages.evaluate import anomaly_set
 from kka_ray.store import RunStore
-from kka_ray.summary import over_classes
+from kka_ray.summary import over_classes, provenance, provenance_table
 
 Variant = Literal["none", "noise", "kka_rep", "kka_add", "oracle"]
 VARIANTS: tuple[str, ...] = ("none", "noise", "kka_rep", "kka_add", "oracle")
@@ -256,7 +256,7 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
                  "of test AUROC.\n")
     write_record(cfg.name, metrics, page, outs, command=command,
                  extra={"config": cfg.model_dump(mode="json"), "kka_runs": sorted(set(table["source"]) - {""}),
-                        "fits_from": provenance(table)})
+                        "fits_from": provenance(table, "fits")})
     return metrics
 
 
@@ -316,22 +316,13 @@ def _count(metrics: dict, det_name: str, variant: str) -> str:
     return f"{own:,.0f} ({given:,.0f})" if own else f"({given:,.0f})"
 
 
-def provenance(table: pd.DataFrame) -> list[dict]:
-    """Fits per (commit, machine): a table resumed across sessions may come from several."""
-    return [{"commit": c, "machine": m, "fits": int(n)}
-            for (c, m), n in table.groupby(["commit", "machine"], sort=True).size().items()]
-
-
 def markdown(cfg: Table2Config, table: pd.DataFrame, metrics: dict[str, float], command: str) -> str:
     lines = [f"# {cfg.name}", "",
              f"The paper's Table II on {cfg.dataset.name}: {metrics['classes']:.0f} classes, seeds {cfg.seeds}, one "
              "fit per detector and variant per task, all at a fixed budget (no choice by test AUROC). KKA's sets "
              "are each loop run's A_t; noise and oracle sets have as many images.", "",
              f"Command: `{command}`", "",
-             "Where the fits were made (a run resumed across sessions may span several commits and machines; "
-             "fit times compare only within one machine):", "",
-             "| fits | commit | machine |", "|---|---|---|",
-             *(f"| {p['fits']} | {p['commit'][:12]} | {p['machine']} |" for p in provenance(table)), "",
+             *provenance_table(table, "fits"), "",
              "| detector | variant | AUROC % (95% CI over classes) | gain vs none | generated (given) | fit min |",
              "|---|---|---|---|---|---|"]
     for det_name, variants in cfg.variants.items():

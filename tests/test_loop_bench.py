@@ -65,6 +65,20 @@ def test_summary_means_and_keys(cfg):
     assert m["dpo_rounds_iter0"] == 0 and "dpo_loss_iter0" not in m and "no round had pairs" in page
 
 
+def test_the_record_says_which_commit_and_machine_made_each_run(cfg):
+    made = [{"commit": "a" * 40, "machine": "Zen 3"}, {"commit": "b" * 40, "machine": "Zen 3"}]
+    results = {("shirt", 0): result(70, [72, 74, 76], [0.1, 0.2, 0.3]) | {"made": made[0]},
+               ("shirt", 1): result(72, [74, 76, 78], [0.1, 0.3, 0.5]) | {"made": made[1]},
+               ("t-shirt", 0): result(80, [80, 81, 82], [0.0, 0.1, 0.2]) | {"made": made[1]}}
+    write(cfg, results, "cmd")
+    record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
+    assert record["runs_from"] == [{"commit": "a" * 40, "machine": "Zen 3", "runs": 1},
+                                   {"commit": "b" * 40, "machine": "Zen 3", "runs": 2}]
+    assert [r["commit"] for r in record["runs"]] == ["a" * 40, "b" * 40, "b" * 40]
+    page = (Path(cfg.results_dir) / "kka-loop-fmnist.md").read_text()
+    assert "| 1 | aaaaaaaaaaaa | Zen 3 |" in page and "| 2 | bbbbbbbbbbbb | Zen 3 |" in page
+
+
 def test_seeds_are_averaged_within_a_class_first(cfg):
     results = {("shirt", 0): result(70, [72, 74, 76], [0.1, 0.2, 0.3]),
                ("shirt", 1): result(72, [74, 76, 78], [0.1, 0.3, 0.5]),
@@ -103,17 +117,21 @@ def test_a_finished_run_is_archived_and_read_back_from_a_fresh_clone(cfg, tmp_pa
     store.write_bytes(f"iter_{T}/anomalies.parquet", b"A_T")
     store.write_bytes("iter_0/evaluator/model.safetensors", b"not kept")
     store.write_json(STATE, {"completed": T, **result(70, [72, 74, 76], [0.1, 0.2, 0.3])})
-    assert run_one(run, archive=cfg.archive)["baseline"]["auroc"] == 70
+    first = run_one(run, archive=cfg.archive)
     kept = RunStore(f"{cfg.archive}/{run.name}")
+    assert first["baseline"]["auroc"] == 70
+    assert first["made"] == {k: kept.read_json("archived.json")[k] for k in ("commit", "machine")}
     assert kept.read_bytes(f"iter_{T}/anomalies.parquet") == b"A_T" and kept.read_bytes("iter_1/generated.parquet")
     assert not kept.exists("iter_0/evaluator") and kept.read_json("archived.json")["machine"]
     provenance = kept.read_bytes("archived.json")
     kept.write_bytes("archived.json", b'{"commit": "the code that made it"}')
-    run_one(run, archive=cfg.archive)  # read from runs/ again: archived once, its provenance kept
+    again = run_one(run, archive=cfg.archive)  # read from runs/ again: archived once, its provenance kept
     assert kept.read_json("archived.json") == {"commit": "the code that made it"}
+    assert again["made"] == {"commit": "the code that made it", "machine": "unknown"}
     kept.write_bytes("archived.json", provenance)
     store.fs.delete_dir(store.root)  # a fresh clone: runs/ is gone, the committed archive is not
-    assert run_one(run, archive=cfg.archive)["rows"][-1]["auroc"] == 76
+    from_clone = run_one(run, archive=cfg.archive)
+    assert from_clone["rows"][-1]["auroc"] == 76 and from_clone["made"] == first["made"]
     assert not store.exists(STATE)  # read back, nothing ran
     changed = run_config(cfg.model_copy(update={"loop_overrides": ["prefer.steps=4"]}), "shirt", 0)
     with pytest.raises(ConfigError, match=r"kept/shirt-seed0/config.yaml: .*prefer\.steps: 8 -> 4"):
