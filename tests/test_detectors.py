@@ -128,6 +128,21 @@ def test_lite0_taps_are_checked():
         BackboneConfig(image_size=112, taps=["head"])
 
 
+@pytest.mark.parametrize("taps", [["head"], ["b2", "b4", "b10"]])
+def test_every_trainable_lite0_parameter_gets_a_gradient(taps):
+    """DDP (two or more Ray Train workers) stops at a trainable parameter the forward pass never reached: the
+    classifier, blocks past the last tap, the head when untapped (SSD's 2-worker fit failed on the first)."""
+    import torch
+
+    from kka_ray.detectors.backbone import Lite0Taps
+
+    net = Lite0Taps(taps, pretrained=False)
+    sum(m.sum() for m in net(torch.rand(2, 3, 32, 32))).backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert any(p.requires_grad for p in net.net._blocks[-1].parameters()) == ("head" in taps)
+
+
 def test_simplenet_fakes_are_on_the_features_own_scale(tmp_path):
     """Backbone features may have any scale (EfficientNet-Lite's pooled taps have a per-dimension std near 3.5):
     the head standardises them by the training normals' statistics, which it saves, so that D learns to tell

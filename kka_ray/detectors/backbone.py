@@ -85,6 +85,12 @@ class Lite0Taps(torch.nn.Module):
                         if pretrained else EfficientNet.from_name("efficientnet-lite0"))
         self.taps = taps
         self.last = max(len(self.net._blocks) if t == "head" else int(t[1:]) for t in taps)
+        # What forward never runs takes no gradient: DDP needs one for every trainable parameter (SSD's 2-worker
+        # fit stopped at the classifier's). Frozen, not removed, so saved weights keep their keys.
+        unused = [*self.net._blocks[self.last + 1:], self.net._fc]
+        unused += [] if "head" in taps else [self.net._conv_head, self.net._bn1]
+        for module in unused:
+            module.requires_grad_(False)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - LITE_MEAN) / LITE_STD
