@@ -55,4 +55,9 @@ def provenance_table(df: pd.DataFrame, unit: str) -> list[str]:
     """provenance() as Markdown lines, for a record's page."""
     return [f"Where the {unit} were made (one resumed across sessions may span several commits and machines; "
             "times compare only within one machine):", "", f"| {unit} | commit | machine |", "|---|---|---|",
-            *(f"| {p[unit]} | {p['commit'][:12]} | {p['machine']} |" for p in provenance(df, unit))]
+            *(f"| {p[unit]} | {short(p['commit'])} | {p['machine']} |" for p in provenance(df, unit))]
+
+
+def short(commit: str) -> str:
+    """A commit's first 12 hex digits, keeping a `+modified` mark (a tree with uncommitted changes)."""
+    return commit[:12] + commit[40:]

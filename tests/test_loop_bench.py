@@ -66,17 +66,17 @@ def test_summary_means_and_keys(cfg):
 
 
 def test_the_record_says_which_commit_and_machine_made_each_run(cfg):
-    made = [{"commit": "a" * 40, "machine": "Zen 3"}, {"commit": "b" * 40, "machine": "Zen 3"}]
+    made = [{"commit": "a" * 40 + "+modified", "machine": "Zen 3"}, {"commit": "b" * 40, "machine": "Zen 3"}]
     results = {("shirt", 0): result(70, [72, 74, 76], [0.1, 0.2, 0.3]) | {"made": made[0]},
                ("shirt", 1): result(72, [74, 76, 78], [0.1, 0.3, 0.5]) | {"made": made[1]},
                ("t-shirt", 0): result(80, [80, 81, 82], [0.0, 0.1, 0.2]) | {"made": made[1]}}
     write(cfg, results, "cmd")
     record = json.loads((Path(cfg.results_dir) / "kka-loop-fmnist.json").read_text())
-    assert record["runs_from"] == [{"commit": "a" * 40, "machine": "Zen 3", "runs": 1},
+    assert record["runs_from"] == [{"commit": "a" * 40 + "+modified", "machine": "Zen 3", "runs": 1},
                                    {"commit": "b" * 40, "machine": "Zen 3", "runs": 2}]
-    assert [r["commit"] for r in record["runs"]] == ["a" * 40, "b" * 40, "b" * 40]
+    assert [r["commit"] for r in record["runs"]] == ["a" * 40 + "+modified", "b" * 40, "b" * 40]
     page = (Path(cfg.results_dir) / "kka-loop-fmnist.md").read_text()
-    assert "| 1 | aaaaaaaaaaaa | Zen 3 |" in page and "| 2 | bbbbbbbbbbbb | Zen 3 |" in page
+    assert "| 1 | aaaaaaaaaaaa+modified | Zen 3 |" in page and "| 2 | bbbbbbbbbbbb | Zen 3 |" in page
 
 
 def test_seeds_are_averaged_within_a_class_first(cfg):
