@@ -100,17 +100,18 @@ def run_one(run: KKAConfig, fixed_judge: bool = False, archive: str | None = Non
     if store.exists("config.yaml"):
         check_same_run(location, run)
     saved = store.read_state(STATE) if store.exists(STATE) else None
-    if saved and saved["completed"] == run.update.iterations:
-        out = {"rows": saved["rows"], "baseline": saved["baseline"], "made": UNKNOWN}
+    finished = bool(saved) and saved["completed"] == run.update.iterations
+    if finished:
+        out = {"rows": saved["rows"], "baseline": saved["baseline"]}
     else:
         state = run_loop(run, resume=saved is not None)
-        out = {"rows": state.rows, "baseline": state.baseline, "made": {"commit": git_commit(), "machine": machine()}}
+        out = {"rows": state.rows, "baseline": state.baseline}
     if fixed_judge:
         out["fixed"] = fixed_judge_shares(run)
     if kept and not in_archive:
         archive_run(store, RunStore(kept), run.update.iterations)
-    if kept:
-        out["made"] = made_by(RunStore(kept))
+    # who made it: the archive knows; otherwise this process did, unless it only read a finished folder back
+    out["made"] = made_by(RunStore(kept)) if kept else UNKNOWN if finished else made_here()
     return out
 
 
@@ -120,13 +121,17 @@ def archive_run(store: RunStore, kept: RunStore, T: int) -> None:
     files = ["config.yaml", FIXED, f"iter_{T}/anomalies.parquet", f"iter_{T}/grid.png",
              *(f"iter_{t}/generated.parquet" for t in range(T + 1))]
     store.copy_into(kept, files)
-    kept.write_json(PROVENANCE, {"commit": git_commit(), "machine": machine(), "cpu": cpu_capability(),
-                                 "archived": datetime.now(UTC).isoformat(timespec="seconds")})
+    kept.write_json(PROVENANCE, made_here() | {"cpu": cpu_capability(),
+                                               "archived": datetime.now(UTC).isoformat(timespec="seconds")})
     kept.write_bytes(STATE, store.read_bytes(STATE))
 
 
 PROVENANCE = "archived.json"  # the code and machine that made an archived run
 UNKNOWN = {"commit": "unknown", "machine": "unknown"}  # a finished run read back from a folder never archived
+
+
+def made_here() -> dict[str, str]:
+    return {"commit": git_commit(), "machine": machine()}
 
 
 def made_by(archived: RunStore) -> dict[str, str]:

@@ -49,7 +49,7 @@ def test_local_ray_workers_start_with_fixed_malloc_thresholds(ray_local):
 # A process started without MALLOC_*_ in its environment sets them with apply_malloc_settings, then allocates
 # and frees a 16 MiB buffer (4096 pages) again and again: it should stay on the heap, faulted in once.
 REUSED_BUFFER = """
-import resource, sys
+import resource
 import numpy as np
 from kka_ray.runtime import apply_malloc_settings
 accepted = apply_malloc_settings()
