@@ -9,6 +9,7 @@ import pytest
 from test_detectors import TINY
 
 from kka_ray.config import ConfigError
+from kka_ray.summary import short
 from kka_ray.table2 import Table2Config, run_table2
 
 
@@ -54,7 +55,7 @@ def test_table2_end_to_end(ray_local, loop_runs, tmp_path, monkeypatch):
                                                               - metrics["auroc_simplenet_none"])
     # Fig. 5 and 6 from the simplenet fits of the first task, with a separation point per epoch.
     page = (tmp_path / "results" / "table2-tiny.md").read_text()
-    assert "table2-tiny-fig5.png" in page and f"| 4 | {record['commit'][:12]} |" in page
+    assert "table2-tiny-fig5.png" in page and f"| 4 | {short(record['commit'])} |" in page
     assert (tmp_path / "results" / "table2-tiny-fig6.png").stat().st_size > 0
     curve = json.loads(table.set_index(["detector", "variant"]).loc[("simplenet", "kka_rep"), "monitor_curve"])
     assert len(curve) == TINY["simplenet"]["epochs"] and all(0 <= x <= 1 for x in curve)
