@@ -27,12 +27,14 @@ def saved_adapter(checkpoint, to: Path) -> Path:
     return to
 
 
-@pytest.mark.parametrize("precompute_ref", [False, True])
-def test_second_round_continues_the_first_with_it_as_reference(ray_local, tiny, tmp_path, precompute_ref):
-    """Either way the reference is computed (in each step, or once before training: the demo's setting)."""
+@pytest.mark.parametrize("precompute_ref, num_workers", [(False, 1), (True, 0)])
+def test_second_round_continues_the_first_with_it_as_reference(ray_local, tiny, tmp_path, precompute_ref,
+                                                                num_workers):
+    """Either way the reference is computed (in each step, or once before training: the demo's setting), on a
+    Ray Train worker and in Ray Train's local mode (the tiny loop's; it saves a worker's start per round)."""
     lm = LMConfig(model=tiny["lm"])
     cfg = PreferConfig(steps=3, batch_size=2, learning_rate=1e-2, max_length=256, cpus_per_worker=1,
-                       target_modules=["q_proj", "v_proj"], precompute_ref=precompute_ref)
+                       num_workers=num_workers, target_modules=["q_proj", "v_proj"], precompute_ref=precompute_ref)
     first, m1 = run_dpo(pairs(heldout=2), lm, cfg, seed=0, workdir=tmp_path / "w")
     a1 = saved_adapter(first, tmp_path / "a1")
     assert m1["step"] == 3 and m1["rewards/margins"] > 0  # it learnt to prefer the chosen text
