@@ -27,7 +27,7 @@ from kka_ray.loop import (
     run_seeded,
 )
 from kka_ray.precision import cpu_capability
-from kka_ray.records import git_commit, machine, metric_key, write_record
+from kka_ray.records import made_here, metric_key, write_record
 from kka_ray.runtime import init_ray
 from kka_ray.stages.evaluate import judge
 from kka_ray.store import RunStore
@@ -128,10 +128,6 @@ def archive_run(store: RunStore, kept: RunStore, T: int) -> None:
 
 PROVENANCE = "archived.json"  # the code and machine that made an archived run
 UNKNOWN = {"commit": "unknown", "machine": "unknown"}  # a finished run read back from a folder never archived
-
-
-def made_here() -> dict[str, str]:
-    return {"commit": git_commit(), "machine": machine()}
 
 
 def made_by(archived: RunStore) -> dict[str, str]:

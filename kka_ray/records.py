@@ -55,6 +55,11 @@ def git_commit() -> str | None:
         return None
 
 
+def made_here() -> dict[str, str | None]:
+    """The code this process loaded and the machine it runs on: who made a fit or run finished here."""
+    return {"commit": git_commit(), "machine": machine()}
+
+
 def invoked_command() -> str:
     """The exact command that is running, as a person would type it."""
     return shlex.join(["python", *sys.argv])

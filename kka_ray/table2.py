@@ -31,7 +31,7 @@ from kka_ray.detectors.base import DETECTORS, AnyDetectorConfig
 from kka_ray.figures import training_curves, tsne_panels
 from kka_ray.loop import KKAConfig
 from kka_ray.metrics import auroc
-from kka_ray.records import git_commit, machine, metric_key, write_record
+from kka_ray.records import made_here, metric_key, write_record
 from kka_ray.stages.evaluate import anomaly_set
 from kka_ray.store import RunStore
 from kka_ray.summary import over_classes, provenance, provenance_table
@@ -224,7 +224,7 @@ def run_table2(cfg: Table2Config, command: str, progress: bool = True) -> dict[s
         print(f"{cfg.name}: resuming, {len(jobs) - len(todo)} of {len(jobs)} fits already in {run / TABLE}")
     task_key, task, sets, sources = None, None, {}, {}
     figure_task = (classes[0], cfg.seeds[0])
-    made_by = {"commit": git_commit(), "machine": machine()}  # the code this process loaded, on this machine
+    made_by = made_here()
     for cls, seed, det_name, variant in tqdm(todo, desc=cfg.name, unit="fit", disable=not progress):
         if task_key != (cls, seed):  # jobs are ordered by task: each task's data and sets are built once
             task = make_task(dataset, cfg.dataset.name, [cls], seed=seed, val_fraction=cfg.val_fraction)

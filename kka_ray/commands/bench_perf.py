@@ -23,6 +23,7 @@ from kka_ray.records import git_commit, invoked_command, write_record
 from kka_ray.stages.generate import generate_descriptions, normal_context
 from kka_ray.stages.select import run_select
 from kka_ray.store import RunStore
+from kka_ray.summary import short
 
 
 def timed_command(command: str) -> dict[str, float]:
@@ -86,7 +87,7 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
         f"Command: `{command}`; stages configured as `{loop}`. Machine and CPU in the JSON record; each section's "
         "commit below.", "",
         "| section | commit | date |", "| --- | --- | --- |",
-        *[f"| {k} | {v['commit'][:12]} | {v['date']} |" for k, v in sections.items()], "",
+        *[f"| {k} | {short(v['commit'])} | {v['date']} |" for k, v in sections.items()], "",
         "## Targets", "", "| metric | value |", "| --- | ---: |",
         row("Deep SAD epoch, fp32 (s)", "deepsad_epoch_s_fp32"),
         row("Deep SAD epoch, bf16 (s)", "deepsad_epoch_s_bf16"),
@@ -145,7 +146,7 @@ def restore_sections(record: Path, store: RunStore, measured: list[str]) -> None
     for name, section in saved.get("sections", {}).items():
         if "metrics" in section and name not in measured and not store.exists(f"{name}.json"):
             store.write_json(f"{name}.json", section)
-            print(f"[perf] {name}: restored from {record} (commit {section['commit'][:12]})", flush=True)
+            print(f"[perf] {name}: restored from {record} (commit {short(section['commit'])})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
