@@ -52,6 +52,7 @@ def test_file_errors(tmp_path):
 
 @pytest.mark.parametrize("folder, model", [
     ("scaling", "kka_ray.scaling:ScalingConfig"),
+    ("knn_combine", "kka_ray.knn_combine:KNNCombineConfig"),
     ("benchmark", "kka_ray.benchmark:BenchmarkConfig"),
     ("table2", "kka_ray.table2:Table2Config"),
     ("kka", "kka_ray.loop:KKAConfig"),

@@ -162,3 +162,28 @@ def test_simplenet_fakes_are_on_the_features_own_scale(tmp_path):
     train.save(tmp_path, head)
     f = torch.from_numpy(normals[:16])
     torch.testing.assert_close(train.image_scores(train.load(tmp_path), f), train.image_scores(head, f))
+
+
+def test_knn_head_counts_only_as_evidence_for_an_anomaly():
+    """kNN's head variant on synthetic features: the head learns the generated anomalies' side (+x), and real
+    anomalies far on the other side (-x) get logits far below the normals'. Summed, that tail ranks them under
+    the normals; one-sided, their kNN distance still counts, and the generated kind still ranks high."""
+    from kka_ray.detectors.knn.model import AnomalyHead, combine, knn_distance, standardiser
+
+    rng = np.random.default_rng(0)
+    shift = np.eye(16)[0] * 6
+    bank, held = rng.normal(size=(400, 16)), rng.normal(size=(100, 16))
+    generated, real = rng.normal(size=(40, 16)) + shift, rng.normal(size=(100, 16)) - shift
+    head = AnomalyHead(1.0, 0).fit(bank, generated)
+    z_knn = standardiser(knn_distance(bank, bank, 2, exclude_self=True))
+    z_head = standardiser(head.logit(bank))
+
+    def ranked(mode, anomalies):
+        query = np.concatenate([held, anomalies])
+        scores = combine(z_knn(knn_distance(query, bank, 2)), z_head(head.logit(query)), mode)
+        return auroc(np.r_[np.zeros(len(held)), np.ones(len(anomalies))], scores)
+
+    knn_alone = auroc(np.r_[np.zeros(100), np.ones(100)], knn_distance(np.concatenate([held, real]), bank, 2))
+    assert knn_alone > 0.95 and ranked("sum", real) < 0.5
+    assert ranked("one_sided", real) > 0.95
+    assert ranked("one_sided", rng.normal(size=(100, 16)) + shift) > 0.95

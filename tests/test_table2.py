@@ -103,3 +103,24 @@ def test_missing_loop_run_is_named(ray_local, tmp_path):
     cfg = tiny_table2(tmp_path, tmp_path / "nowhere", {"knn": ["kka_rep"]})
     with pytest.raises(FileNotFoundError, match="no finished KKA loop run for class 'shirt', seed 3"):
         run_table2(cfg, command="pytest", progress=False)
+
+
+def test_knn_combine_check_reads_a_table2_config(ray_local, loop_runs, tmp_path):
+    """The kNN head check (record knn-combine-<dataset>) on the tiny Table II config: kNN alone and the head
+    variant in both modes, judged on validation normals against other classes' train images."""
+    import yaml
+
+    from kka_ray.knn_combine import KNNCombineConfig, run_knn_combine
+
+    t2 = tmp_path / "table2.yaml"
+    t2.write_text(yaml.safe_dump(tiny_table2(tmp_path, loop_runs, {"knn": ["none"]}).model_dump(mode="json")))
+    cfg = KNNCombineConfig(name="knn-combine-tiny", table2=str(t2), real_anomalies=30,
+                           results_dir=str(tmp_path / "results"))
+    metrics = run_knn_combine(cfg, command="pytest", progress=False)
+    for key in ("auroc_none", "auroc_sum", "auroc_one_sided", "gain_sum", "gain_one_sided", "gain_one_sided_vs_sum"):
+        assert key in metrics, key
+    assert metrics["gain_one_sided_vs_sum"] == pytest.approx(metrics["auroc_one_sided"] - metrics["auroc_sum"])
+    page = (tmp_path / "results" / "knn-combine-tiny.md").read_text()
+    assert "| shirt |" in page and "*train* split (never the test split)" in page
+    with pytest.raises(ConfigError, match="detectors.sad is deepsad, not a knn"):
+        run_knn_combine(cfg.model_copy(update={"detector": "sad"}), command="pytest", progress=False)

@@ -27,6 +27,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, list[str]]] = {
     ("bench", "dpo-sizing"): ("bench_dpo_sizing", []),
     ("bench", "knowledge"): ("bench_knowledge", []),
     ("bench", "scaling"): ("bench_scaling", []),
+    ("bench", "knn-combine"): ("knn_combine", []),
     ("bench", "perf"): ("bench_perf", []),
     ("bench", "faults"): ("bench_faults", []),
     ("bench", "serve-load"): ("serve_load", []),

@@ -1,8 +1,8 @@
 """kNN as a registered detector. Without anomalies: the mean distance to the k nearest training normals in a
 frozen pretrained feature space (DN2; PANDA without its fine-tuning). With anomalies, this project's own variant
 (not from the paper): a logistic head on the same features, normals against the given anomalies, whose logit is
-added to the kNN distance, each standardised by its scores on the training normals (kNN leave-one-out), so
-neither dominates by scale."""
+added to the kNN distance, each standardised by its scores on the training normals (kNN leave-one-out). By
+default only a positive head score is added (`combine`): see model.combine."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kka_ray.config import Strict
 from kka_ray.data.base import ImageSet
 from kka_ray.detectors.backbone import BackboneConfig, extract
 from kka_ray.detectors.base import DETECTORS, Detector
-from kka_ray.detectors.knn.model import AnomalyHead, knn_distance, standardiser
+from kka_ray.detectors.knn.model import AnomalyHead, combine, knn_distance, standardiser
 
 
 class KNNConfig(Strict):
@@ -28,6 +28,10 @@ class KNNConfig(Strict):
         description="Frozen feature extractor; the taps are globally average-pooled and concatenated")
     k: int = Field(2, ge=1, description="Neighbours averaged (PANDA / DN2 use 2)")
     head_c: float = Field(1.0, gt=0, description="With anomalies: inverse L2 strength of the logistic head")
+    combine: Literal["one_sided", "sum"] = Field(
+        "one_sided", description="With anomalies: one_sided adds the head's standardised logit only where it is "
+        "positive (an image unlike the generated anomalies is not thereby normal); sum adds it as it is (the "
+        "variant of the table2-fmnist record, whose head dragged real anomalies below normals)")
 
 
 @DETECTORS.register("knn")
@@ -58,5 +62,5 @@ class KNN(Detector):
         features = extract(images, self.cfg.backbone, cache=self.cache)
         scores = knn_distance(features, self.bank, self.cfg.k)
         if self.head is not None:
-            scores = self.z_knn(scores) + self.z_head(self.head.logit(features))
+            scores = combine(self.z_knn(scores), self.z_head(self.head.logit(features)), self.cfg.combine)
         return scores

@@ -48,3 +48,11 @@ def standardiser(reference: np.ndarray):
     """z-scores with the mean and sd of `reference` (scores of the training normals)."""
     mean, sd = float(np.mean(reference)), float(np.std(reference)) or 1.0
     return lambda s: (s - mean) / sd
+
+
+def combine(z_knn: np.ndarray, z_head: np.ndarray, mode: str) -> np.ndarray:
+    """The kNN and head scores, both standardised on the training normals. On anomalies the head's scale is not
+    the normals': fitted to generated anomalies it separates trivially, its logits for real ones spread far wider
+    than kNN's, many far below the normals'. `sum` lets that tail drag real anomalies under the normals;
+    `one_sided` counts the head only as evidence for an anomaly (record knn-combine-mnist compares the two)."""
+    return z_knn + (np.maximum(z_head, 0.0) if mode == "one_sided" else z_head)
