@@ -47,8 +47,8 @@ def over_classes(df: pd.DataFrame, columns: Sequence[str], *, class_col: str = "
 
 def provenance(df: pd.DataFrame, unit: str) -> list[dict]:
     """Rows per (commit, machine) that made them: a benchmark resumed across sessions may span several."""
-    return [{"commit": c, "machine": m, unit: int(n)}
-            for (c, m), n in df.groupby(["commit", "machine"], sort=True).size().items()]
+    return [{"commit": None if pd.isna(c) else c, "machine": m, unit: int(n)}  # None: made outside a git checkout
+            for (c, m), n in df.groupby(["commit", "machine"], sort=True, dropna=False).size().items()]
 
 
 def provenance_table(df: pd.DataFrame, unit: str) -> list[str]:
@@ -58,6 +58,7 @@ def provenance_table(df: pd.DataFrame, unit: str) -> list[str]:
             *(f"| {p[unit]} | {short(p['commit'])} | {p['machine']} |" for p in provenance(df, unit))]
 
 
-def short(commit: str) -> str:
-    """A commit's first 12 hex digits, keeping a `+modified` mark (a tree with uncommitted changes)."""
-    return commit[:12] + commit[40:]
+def short(commit: str | None) -> str:
+    """A commit's first 12 hex digits, keeping a `+modified` mark (a tree with uncommitted changes); records made
+    outside a git checkout (a `ray job submit` working dir) have none."""
+    return "(no git)" if commit is None else commit[:12] + commit[40:]

@@ -69,3 +69,15 @@ def test_a_column_without_values_gives_no_key_and_a_bad_reference_is_named(df):
     assert "y" not in m and m["base"] == 62
     with pytest.raises(ValueError, match="reference 'z'"):
         over_classes(df, ["base"], reference="z")
+
+
+def test_provenance_keeps_rows_made_outside_git():
+    """A job under `ray job submit` runs in a working dir without .git: its rows have no commit, and they are
+    still counted and printed."""
+    from kka_ray.summary import provenance, provenance_table
+
+    sha = "a" * 40
+    df = pd.DataFrame({"commit": [sha, sha + "+modified", None], "machine": ["m", "m", "m"]})
+    assert sorted(p["fits"] for p in provenance(df, "fits")) == [1, 1, 1]
+    lines = provenance_table(df, "fits")
+    assert "| 1 | (no git) | m |" in lines and f"| 1 | {'a' * 12}+modified | m |" in lines
