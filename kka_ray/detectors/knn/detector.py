@@ -56,11 +56,17 @@ class KNN(Detector):
             self.z_head = standardiser(self.head.logit(self.bank))
         return {"normals": len(normals), "anomalies": 0 if anomalies is None else len(anomalies)}
 
-    def score(self, images: np.ndarray) -> np.ndarray:
+    def parts(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """What `score` joins: each image's kNN distance and, after a fit with anomalies, its head logit, both
+        standardised on the training normals; without a head, the raw distance and None."""
         if self.bank is None:
             raise RuntimeError("kNN: score() called before fit()")
         features = extract(images, self.cfg.backbone, cache=self.cache)
-        scores = knn_distance(features, self.bank, self.cfg.k)
-        if self.head is not None:
-            scores = combine(self.z_knn(scores), self.z_head(self.head.logit(features)), self.cfg.combine)
-        return scores
+        distance = knn_distance(features, self.bank, self.cfg.k)
+        if self.head is None:
+            return distance, None
+        return self.z_knn(distance), self.z_head(self.head.logit(features))
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        knn, head = self.parts(images)
+        return knn if head is None else combine(knn, head, self.cfg.combine)
