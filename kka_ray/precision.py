@@ -6,8 +6,9 @@ default of every component, resolves at run time on the device that does the wor
 
 - CUDA: bf16 where the GPU supports it (Ampere and newer), the usual rule.
 - CPU without native bf16: never.
-- CPU with native bf16: only for the components measured faster in bf16 there (`BF16_FASTER_ON_CPU`, from
-  `jobs/bench_perf.py`, record `docs/results/perf-cpu*.json`).
+- CPU with native bf16: only for the components measured faster in bf16 on that kind of CPU
+  (`BF16_FASTER_ON_CPU`, from `jobs/bench_perf.py`, records `docs/results/perf-cpu*.json`): AMX (Intel Xeon,
+  bf16 matrix tiles) and AVX512_BF16 without AMX (AMD Zen 4/5) do not rank the components alike.
 
 An explicit true / false in a config always wins.
 """
@@ -21,12 +22,18 @@ from typing import Literal
 Bf16 = bool | Literal["auto"]
 COMPONENTS = ("deepsad", "prior", "dpo", "lm")
 
-# Measured on CPUs with AVX512_BF16 (jobs/bench_perf.py -> docs/results/perf-cpu*.json; STACK.md):
-# - deepsad: the LeNet autoencoder epoch is 2.3-2.8x faster in bf16.
-# - lm: SmolLM2 sampling is about 2x faster in bf16.
-# - dpo: a step is about 1.7x faster in bf16 and the loss falls as fast per step (the record compares both).
+# Measured per kind of native-bf16 CPU (jobs/bench_perf.py; seconds are the records' own):
+# - deepsad: faster in bf16 on both: the LeNet autoencoder epoch 1.6x (perf-cpu: Zen 5) and 2.3x (perf-cpu-amx),
+#   the Deep SAD epoch 1.2-1.3x.
+# - lm: SmolLM2 sampling 1.6-1.9x faster in bf16 on both (shared prefix: 94.8 -> 179 tokens/s on the Zen 5,
+#   94.5 -> 152 on the AMX Xeon).
+# - dpo: a step 1.5x faster in bf16 on the Zen 5 (3.34 -> 2.18 s); on the AMX Xeon fp32 is the faster
+#   (perf-cpu-amx, perf-cpu-amx-dpo), with the loss falling alike.
 # - prior: fp32 is faster for its GroupNorm-heavy nets (kka_ray/prior/model.py).
-BF16_FASTER_ON_CPU = {"deepsad": True, "lm": True, "prior": False, "dpo": True}
+BF16_FASTER_ON_CPU = {
+    "amx": {"deepsad": True, "lm": True, "prior": False, "dpo": False},
+    "avx512_bf16": {"deepsad": True, "lm": True, "prior": False, "dpo": True},
+}
 
 BF16_DESCRIPTION = ("bf16 (autocast / weights): auto = by device and measurement (kka_ray/precision.py), "
                     "true / false forces it")
@@ -43,10 +50,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
-    """AVX512_BF16 or AMX-BF16: bf16 dot products in hardware, not emulated."""
+def cpu_bf16_kind(flags: frozenset[str] | None = None) -> str | None:
+    """'amx' (bf16 matrix tiles), 'avx512_bf16' (bf16 dot products in the vector units only), or None: bf16
+    emulated (AVX2 and older)."""
     flags = cpu_flags() if flags is None else flags
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else None
+
+
+def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """AVX512_BF16 or AMX-BF16: bf16 arithmetic in hardware, not emulated."""
+    return cpu_bf16_kind(flags) is not None
 
 
 def cpu_capability() -> str:
@@ -63,16 +78,17 @@ def cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def resolve_bf16(component: str, setting: Bf16, device: str, *, native_cpu_bf16: bool | None = None) -> bool:
-    """The precision a component runs at on `device` ('cpu' or 'cuda'); see the module docstring."""
+def resolve_bf16(component: str, setting: Bf16, device: str, *, flags: frozenset[str] | None = None) -> bool:
+    """The precision a component runs at on `device` ('cpu' or 'cuda'); see the module docstring. `flags`:
+    the CPU's /proc/cpuinfo flags (this machine's by default)."""
     if component not in COMPONENTS:
         raise ValueError(f"precision: unknown component {component!r} (one of {', '.join(COMPONENTS)})")
     if setting != "auto":
         return bool(setting)
     if device.startswith("cuda"):
         return cuda_bf16()
-    native = cpu_native_bf16() if native_cpu_bf16 is None else native_cpu_bf16
-    return native and BF16_FASTER_ON_CPU[component]
+    kind = cpu_bf16_kind(flags)
+    return kind is not None and BF16_FASTER_ON_CPU[kind][component]
 
 
 def describe(device: str = "cpu") -> dict[str, object]:

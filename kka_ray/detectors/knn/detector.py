@@ -60,7 +60,7 @@ class KNN(Detector):
         """What `score` joins: each image's kNN distance and, after a fit with anomalies, its head logit, both
         standardised on the training normals; without a head, the raw distance and None."""
         if self.bank is None:
-            raise RuntimeError("kNN: score() called before fit()")
+            raise RuntimeError("kNN: score() or parts() called before fit()")
         features = extract(images, self.cfg.backbone, cache=self.cache)
         distance = knn_distance(features, self.bank, self.cfg.k)
         if self.head is None:
