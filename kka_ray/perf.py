@@ -214,6 +214,7 @@ def dpo(pairs: pa.Table, cfg: KKAConfig, steps: int, workdir: Path) -> dict[str,
         out[f"dpo_round_s{suffix}"], out[f"dpo_loss{suffix}"] = seconds, m["round_loss"]
         out[f"dpo_bf16{suffix}"] = m["bf16"]
         out[f"dpo_peak_rss_mb{suffix}"] = m["peak_rss_mb"]  # peak_rss_mb_dpo: the loop's, from the demo
+    out["dpo_steps"] = float(steps)
     out["dpo_step_s" + ("_bf16" if chosen else "_fp32")] = out["dpo_step_s"]
     out["dpo_loss" + ("_bf16" if chosen else "_fp32")] = out["dpo_loss"]
     return out

@@ -27,8 +27,9 @@ COMPONENTS = ("deepsad", "prior", "dpo", "lm")
 #   the Deep SAD epoch 1.2-1.3x.
 # - lm: SmolLM2 sampling 1.6-1.9x faster in bf16 on both (shared prefix: 94.8 -> 179 tokens/s on the Zen 5,
 #   94.5 -> 152 on the AMX Xeon).
-# - dpo: a step 1.5x faster in bf16 on the Zen 5 (3.34 -> 2.18 s); on the AMX Xeon fp32 is the faster
-#   (perf-cpu-amx, perf-cpu-amx-dpo), with the loss falling alike.
+# - dpo: a step 1.5x faster in bf16 on the Zen 5 (3.34 -> 2.18 s). On the AMX Xeon a wash (fp32 / bf16 s per
+#   step: 4.19 / 4.56 in perf-cpu-amx's 8-step rounds, 2.68 / 2.61 in perf-cpu-amx-dpo's 16-step ones) with
+#   fp32 0.4-0.75 GB lighter and exact, so fp32 there.
 # - prior: fp32 is faster for its GroupNorm-heavy nets (kka_ray/prior/model.py).
 BF16_FASTER_ON_CPU = {
     "amx": {"deepsad": True, "lm": True, "prior": False, "dpo": False},

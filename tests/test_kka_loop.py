@@ -155,8 +155,11 @@ def test_perf_bench_reads_a_runs_stage_costs(tiny_run):
     assert not any(k.startswith("demo_dpo_step") for k in costs)  # means are not summed
     from kka_ray.commands import bench_perf
 
-    page = bench_perf.markdown(costs | {"dpo_round_s": 9.0, "dpo_step_s": 1.0}, {}, "cmd", "loop.yaml")
+    page = bench_perf.markdown(costs | {"dpo_round_s": 9.0, "dpo_step_s": 1.0, "dpo_steps": 16.0}, {}, "cmd",
+                               "loop.yaml", dpo_steps=8)
     assert "| demo (minutes, target <= 10) | not measured |" in page and "| loop settings | 1.00 |" in page
+    assert "one 16-step round" in page  # the section's own step count, not the invocation's
+    assert "Before and after" not in page and "Model load" not in page  # the LM section was not measured
 
 
 def test_perf_bench_times_the_run_folder_the_demo_wrote(tmp_path):

@@ -76,7 +76,8 @@ class Measure:
         raise SystemExit(f"sections: unknown section {name!r} (one of {', '.join(perf.SECTIONS)})")
 
 
-def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
+def markdown(metrics: dict, sections: dict, command: str, loop: str, dpo_steps: int) -> str:
+    """The record's page; a section not measured shows as such (its blocks left out)."""
     m = metrics
 
     def row(label: str, key: str, fmt: str = ".2f") -> str:
@@ -106,30 +107,37 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str) -> str:
         row("DPO step (s, target <= 7)", "dpo_step_s"),
         row("demo (minutes, target <= 10)", "demo_minutes"), row("tests (minutes, target <= 10)", "test_minutes"),
         row("streaming / staged, images/s (target >= 0.95, median)", "stream_vs_staged_ratio", ".3f"), "",
-        "## Before and after, same prompts (bare loop, tokens/s; no bf16 rows on a CPU that emulates bf16)", "",
-        "| precision | whole prompt per row (before) | shared prefix once (after) |", "| --- | ---: | ---: |",
-        *[f"| {p} | {m.get(f'lm_tokens_per_s_{p}_plain', float('nan')):.1f} | "
-          f"{m.get(f'lm_tokens_per_s_{p}_shared', float('nan')):.1f} |" for p in ("fp32", "bf16")
-          if f"lm_tokens_per_s_{p}_plain" in m], "",
-        "Model load: GGUF unpacked at every start (before) "
-        f"{m.get('lm_load_s_gguf', float('nan')):.1f} s, the dequantized copy (after) "
-        f"{m.get('lm_load_s_cached', float('nan')):.2f} s. Nucleus filter, mean per decode step over the "
-        f"{m.get('top_p_decode_steps', float('nan')):.0f} steps of one batch: transformers "
-        f"{m.get('top_p_ms_transformers', float('nan')):.1f} ms, ours {m.get('top_p_ms_ours', float('nan')):.1f} ms.",
-        "",
-        "DPO, one 8-step round through Ray Train per variant (the loop's settings, then each change), after an "
-        "untimed one-step round; no bf16 round on a CPU that emulates bf16 (`auto` never picks it there):", "",
-        "| variant | s per step | set-up s (load, reference pass) | round s | last loss | bf16 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *[f"| {k.removeprefix('dpo_round_s').lstrip('_') or 'loop settings'} | "
-          + " | ".join(f"{m.get(key + k.removeprefix('dpo_round_s'), float('nan')):.{d}f}"
-                       for key, d in (("dpo_step_s", 2), ("dpo_setup_s", 1), ("dpo_round_s", 1), ("dpo_loss", 4),
-                                      ("dpo_bf16", 0))) + " |"
-          for k in sorted(m) if k.startswith("dpo_round_s")], "",
+        *(lm_block(m) if "lm_tokens_per_s_fp32_plain" in m else []),
+        *(dpo_block(m, int(m.get("dpo_steps", dpo_steps))) if "dpo_round_s" in m else []),
         "## All metrics", "", "| metric | value |", "| --- | ---: |",
         *[f"| {k} | {v:.4g} |" for k, v in sorted(m.items())], "",
     ]
     return "\n".join(lines)
+
+
+def lm_block(m: dict) -> list[str]:
+    return [
+        "## Before and after, same prompts (bare loop, tokens/s; no bf16 rows on a CPU that emulates bf16)", "",
+        "| precision | whole prompt per row (before) | shared prefix once (after) |", "| --- | ---: | ---: |",
+        *[f"| {p} | {m[f'lm_tokens_per_s_{p}_plain']:.1f} | {m[f'lm_tokens_per_s_{p}_shared']:.1f} |"
+          for p in ("fp32", "bf16") if f"lm_tokens_per_s_{p}_plain" in m], "",
+        f"Model load: GGUF unpacked at every start (before) {m['lm_load_s_gguf']:.1f} s, the dequantized copy "
+        f"(after) {m['lm_load_s_cached']:.2f} s. Nucleus filter, mean per decode step over the "
+        f"{m['top_p_decode_steps']:.0f} steps of one batch: transformers {m['top_p_ms_transformers']:.1f} ms, ours "
+        f"{m['top_p_ms_ours']:.1f} ms.", ""]
+
+
+def dpo_block(m: dict, steps: int) -> list[str]:
+    return [
+        f"DPO, one {steps}-step round through Ray Train per variant (the loop's settings, then each change), after "
+        "an untimed one-step round; no bf16 round on a CPU that emulates bf16 (`auto` never picks it there):", "",
+        "| variant | s per step | set-up s (load, reference pass) | round s | last loss | bf16 | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {k.removeprefix('dpo_round_s').lstrip('_') or 'loop settings'} | "
+          + " | ".join(f"{m.get(key + k.removeprefix('dpo_round_s'), float('nan')):.{d}f}"
+                       for key, d in (("dpo_step_s", 2), ("dpo_setup_s", 1), ("dpo_round_s", 1), ("dpo_loss", 4),
+                                      ("dpo_bf16", 0), ("dpo_peak_rss_mb", 0))) + " |"
+          for k in sorted(m) if k.startswith("dpo_round_s")], ""]
 
 
 def restore_sections(record: Path, store: RunStore, measured: list[str]) -> None:
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {k: float(v) for s in sections.values() for k, v in s["metrics"].items()}
     metrics |= {k: float(v) for k, v in describe().items() if isinstance(v, bool)}
     command = invoked_command()
-    write_record(pc.record, metrics, markdown(metrics, sections, command, pc.loop), "docs/results",
+    write_record(pc.record, metrics, markdown(metrics, sections, command, pc.loop, pc.dpo_steps), "docs/results",
                  command=command, extra={"cpu_capability": describe()["cpu_capability"], "sections": sections,
                                          "config": pc.model_dump(mode="json")})
     print(f"[perf] record docs/results/{pc.record}.json ({', '.join(sections)})")
