@@ -8,7 +8,8 @@ default of every component, resolves at run time on the device that does the wor
 - CPU without native bf16: never.
 - CPU with native bf16: only for the components measured faster in bf16 on that kind of CPU
   (`BF16_FASTER_ON_CPU`, from `jobs/bench_perf.py`, records `docs/results/perf-cpu*.json`): AMX (Intel Xeon,
-  bf16 matrix tiles) and AVX512_BF16 without AMX (AMD Zen 4/5) do not rank the components alike.
+  bf16 matrix tiles) and AVX512_BF16 without AMX (AMD Zen 4/5; measured on a Zen 5) do not rank the components
+  alike.
 
 An explicit true / false in a config always wins.
 """
