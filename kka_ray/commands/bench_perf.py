@@ -54,7 +54,7 @@ class Measure:
         cfg = self.cfg
         if name == "deepsad":
             bench = load_config(BenchmarkConfig, pc.benchmark).detector
-            return perf.deepsad(self.task(), cfg, bench, pc.timing_epochs, self.workdir)
+            return perf.deepsad(self.task(), cfg, bench, pc.timing_epochs, pc.deepsad_rounds, self.workdir)
         if name in ("lm", "dpo", "stream"):
             task = self.task()
             ctx = normal_context(task, cfg.generate)
@@ -97,6 +97,8 @@ def markdown(metrics: dict, sections: dict, command: str, loop: str, dpo_steps: 
         row("Deep SAD fit, Ray / bare (demo fit)", "deepsad_ray_vs_bare_ratio", ".3f"),
         row("Deep SAD fit, Ray / bare (the detector benchmark's 40 + 80 epoch fit)",
             "deepsad_ray_vs_bare_ratio_benchmark", ".3f"),
+        row("Deep SAD fit rounds (bare, Ray, local mode in turn; figures are medians)", "deepsad_rounds", ".0f"),
+        row("Deep SAD first Ray fit of the run, demo fit (s; Ray's worker processes start)", "deepsad_fit_s_ray_first"),
         row("Ray Train's extra seconds per fit: demo fit", "deepsad_ray_fixed_s"),
         row("Ray Train's extra seconds per fit: benchmark fit", "deepsad_ray_fixed_s_benchmark"),
         row("Deep SAD fit, Ray Train local mode / bare (demo fit)", "deepsad_local_vs_bare_ratio", ".3f"),
