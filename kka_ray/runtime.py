@@ -130,7 +130,7 @@ def trainer_cls():
     a Ray without a dashboard: the cleaner (Ray 2.60) polls the State API, which lives in the dashboard, and there
     it crashes with a 30-line traceback on every fit, cleaning nothing. With a dashboard (a `ray start` head, a
     cluster) it is kept. With `num_workers=0` it runs Ray Train's local mode: the fit runs in the calling process,
-    without the controller and worker actors whose start costs about 6 s a fit on 2 cores (see `_local_fit`)."""
+    without the controller and worker actors whose start costs 4-6 s a fit on 2 cores (see `_local_fit`)."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
