@@ -19,7 +19,7 @@ TINY = {
                    "batch_size": 16, "log_every": 10},
     "simplenet": {"backbone": {"image_size": 32, "taps": ["b4", "b10"], "batch_size": 64}, "pre_dim": 64,
                   "dim": 64, "hidden": 64, "epochs": 5, "batch_size": 8, "lr": 1e-3, "adaptor_lr": 1e-3},
-    "ssd": {"backbone": {"image_size": 32, "taps": ["head"]}, "epochs": 2, "batch_size": 64, "anomaly_views": 2,
+    "ssd": {"backbone": {"image_size": 32, "taps": ["head"]}, "epochs": 1, "batch_size": 64, "anomaly_views": 2,
             "score_batch_size": 128},
 }
 

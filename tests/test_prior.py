@@ -10,6 +10,7 @@ import pytest
 
 from kka_ray.config import load_config
 from kka_ray.data.attributes import ATTRIBUTES, attribute_words, measure
+from kka_ray.prior.bench import render_tables
 from kka_ray.prior.corpus import NOUNS, CorpusConfig, build_corpus, pad_to
 from kka_ray.prior.model import PriorConfig
 from kka_ray.render import RenderConfig
@@ -50,6 +51,14 @@ def test_corpus_captions_and_exclusion():
 def run_job(path: str, argv: list[str], monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [path, *argv])
     runpy.run_path(str(ROOT / path), run_name="__main__")
+
+
+def test_the_kinds_render_tables_number_their_rows_on_for_one_pool_pass():
+    """bench_prior renders every kind in one pass and takes each kind's images back by row id."""
+    a, b = render_tables([([("a sandal", 5), ("the digit one", 1)], 2), ([("an icon of a cat", 3)], 3)])
+    assert a.column("row_id").to_pylist() == [0, 1, 2, 3] and b.column("row_id").to_pylist() == [4, 5, 6]
+    assert a.column("sentence").to_pylist() == ["a sandal"] * 2 + ["the digit one"] * 2
+    assert a.column("label").to_pylist() == [5, 5, 1, 1] and b.column("seed").to_pylist() == [0, 1, 2]
 
 
 def test_train_and_bench_jobs_end_to_end(ray_local, tmp_path, monkeypatch):

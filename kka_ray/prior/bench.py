@@ -121,10 +121,21 @@ def group_judge(train_concepts: list, test_concepts: list, size: int, epochs: in
     return net, float((predict(net, tx) == ty).mean())
 
 
-def render_table(prompts: list[tuple[str, int]], per_prompt: int) -> pa.Table:
+def render_table(prompts: list[tuple[str, int]], per_prompt: int, first_row: int = 0) -> pa.Table:
+    """`per_prompt` rows of each prompt (render seeds 0 ..), row ids from `first_row`."""
     rows = [(text, label, j) for text, label in prompts for j in range(per_prompt)]
-    return pa.table({"row_id": np.arange(len(rows)), "sentence": [r[0] for r in rows], "label": [r[1] for r in rows],
-                     "seed": [r[2] for r in rows], "reason": [""] * len(rows)})
+    return pa.table({"row_id": np.arange(first_row, first_row + len(rows)), "sentence": [r[0] for r in rows],
+                     "label": [r[1] for r in rows], "seed": [r[2] for r in rows], "reason": [""] * len(rows)})
+
+
+def render_tables(parts: list[tuple[list[tuple[str, int]], int]]) -> list[pa.Table]:
+    """One table per (prompts, per_prompt), row ids running on across them, so that their concatenation goes
+    through one render pool (its actors load the prior once) and comes back in the parts' order."""
+    tables, first = [], 0
+    for prompts, per_prompt in parts:
+        tables.append(render_table(prompts, per_prompt, first))
+        first += len(tables[-1])
+    return tables
 
 
 def render_pool(table: pa.Table, cfg: RenderConfig, size: int) -> tuple[np.ndarray, dict]:
