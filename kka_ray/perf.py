@@ -92,7 +92,8 @@ def deepsad(task, cfg: KKAConfig, benchmark: DeepSADConfig, epochs: int, rounds:
     a fixed cost per fit). The three run in turn, `rounds` times, and each figure is the median over rounds: the
     host's speed drifts within an hour (the demo's generate stage took 188 s, then 118 s, on the same code in
     one evening), and three fits measured one after the other would charge that drift to whichever ran last. The first
-    round's Ray fit is kept too: the loop's first fit pays for starting Ray's worker processes."""
+    round's Ray fit is kept too (the loop's first fit pays for starting Ray's worker processes), and the spread:
+    the largest slowest / fastest ratio over any one kind's rounds."""
     ev = cfg.evaluator
     data, (size, _, channels) = training_arrays(task.train_normal, None), task.train_normal.shape
     out = in_fresh_process(
