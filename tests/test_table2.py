@@ -114,13 +114,18 @@ def test_knn_combine_check_reads_a_table2_config(ray_local, loop_runs, tmp_path)
 
     t2 = tmp_path / "table2.yaml"
     t2.write_text(yaml.safe_dump(tiny_table2(tmp_path, loop_runs, {"knn": ["none"]}).model_dump(mode="json")))
-    cfg = KNNCombineConfig(name="knn-combine-tiny", table2=str(t2), real_anomalies=30,
+    cfg = KNNCombineConfig(name="knn-combine-tiny", table2=str(t2), real_anomalies=30, ensemble="sad",
                            results_dir=str(tmp_path / "results"))
     metrics = run_knn_combine(cfg, command="pytest", progress=False)
-    for key in ("auroc_none", "auroc_sum", "auroc_one_sided", "gain_sum", "gain_one_sided", "gain_one_sided_vs_sum"):
+    for key in ("auroc_none", "auroc_sum", "auroc_one_sided", "gain_sum", "gain_one_sided", "gain_one_sided_vs_sum",
+                "auroc_member", "auroc_ensemble_sum", "gain_ensemble_one_sided"):
         assert key in metrics, key
     assert metrics["gain_one_sided_vs_sum"] == pytest.approx(metrics["auroc_one_sided"] - metrics["auroc_sum"])
     page = (tmp_path / "results" / "knn-combine-tiny.md").read_text()
     assert "| shirt |" in page and "*train* split (never the test split)" in page
+    assert "`ensemble_<mode>` joins its score" in page
+    assert "| none | sum | one_sided | member | ensemble_sum | ensemble_one_sided |" in page
+    with pytest.raises(ConfigError, match="ensemble: .* has no detector 'ssd'"):
+        run_knn_combine(cfg.model_copy(update={"ensemble": "ssd"}), command="pytest", progress=False)
     with pytest.raises(ConfigError, match="detectors.sad is deepsad, not a knn"):
         run_knn_combine(cfg.model_copy(update={"detector": "sad"}), command="pytest", progress=False)
