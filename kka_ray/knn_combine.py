@@ -72,7 +72,7 @@ def run_knn_combine(cfg: KNNCombineConfig, command: str, progress: bool = True) 
         for mode in cfg.modes:  # an empty KKA set leaves no head: the variant is then kNN alone
             row[mode] = row["none"] if z_head is None else 100 * auroc(targets, combine(z_knn, z_head, mode))
         if cfg.ensemble is not None:
-            z_member = ensemble_member(t2, cfg.ensemble, task, kka, seed, workdir)(images)
+            z_member = ensemble_member(t2, cfg.ensemble, task, kka, seed, workdir, images)
             if z_head is None:  # without a head, parts() gave the raw distance
                 z_knn = standardiser(knn_distance(detector.bank, detector.bank, knn.k, exclude_self=True))(z_knn)
             row["member"] = 100 * auroc(targets, z_member)
@@ -96,15 +96,17 @@ def columns(cfg: KNNCombineConfig) -> list[str]:
     return ["none", *cfg.modes, *ensemble]
 
 
-def ensemble_member(t2: Table2Config, name: str, task, kka, seed: int, workdir: Path):
-    """Table II's detector `name` fitted on the task's normals and KKA's set; returns its scorer, standardised by
-    its scores on those training normals (as kNN's distance is, leave-one-out)."""
+def ensemble_member(t2: Table2Config, name: str, task, kka, seed: int, workdir: Path,
+                    images: np.ndarray) -> np.ndarray:
+    """Table II's detector `name` fitted on the task's normals and KKA's set: its scores of `images`, standardised
+    by its scores of those training normals (as kNN's distance is, leave-one-out); one scoring pass for both."""
     from kka_ray.detectors import build_detector
 
     member = build_detector(t2.detectors[name])
     member.fit(task.train_normal, kka, seed=seed, workdir=workdir / name)
-    z = standardiser(member.score(task.train_normal.images))
-    return lambda images: z(member.score(images))
+    n = len(task.train_normal)
+    scores = member.score(np.concatenate([task.train_normal.images, images]))
+    return standardiser(scores[:n])(scores[n:])
 
 
 def page(cfg: KNNCombineConfig, t2: Table2Config, per_class: pd.DataFrame, metrics: dict, command: str) -> str:
