@@ -11,6 +11,12 @@ from kka_ray.runtime import quiet
 from kka_ray.tracking import log_step
 
 
+def worker_threads(workers) -> int:
+    """Torch threads of a fit's process: `torch_threads`, else its CPU share (at least one). `workers`: a config
+    with the Ray Train fields (TrainWorkers, or Deep SAD's own)."""
+    return workers.torch_threads or max(1, int(workers.cpus_per_worker))
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DDP (for saving or inspection; train through the wrapper so gradients are synced)."""
     return model.module if hasattr(model, "module") else model

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from kka_ray.config import DeepSADConfig, Strict
+from kka_ray.ddp import worker_threads
 from kka_ray.detectors.deepsad import DeepSAD
 from kka_ray.detectors.deepsad.detector import training_arrays
 from kka_ray.detectors.deepsad.networks import net_spec
@@ -80,10 +81,6 @@ def in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def _threads(config: DeepSADConfig) -> int:
-    return config.torch_threads or max(1, int(config.cpus_per_worker))
-
-
 def deepsad(task, cfg: KKAConfig, benchmark: DeepSADConfig, epochs: int, rounds: int,
             workdir: Path) -> dict[str, float]:
     """Seconds per epoch of each phase in fp32 and bf16 (bare loop, the evaluator's batch and threads), and whole
@@ -100,12 +97,12 @@ def deepsad(task, cfg: KKAConfig, benchmark: DeepSADConfig, epochs: int, rounds:
         _bare_epochs, data,
         {name: (net_spec(ev.net, channels, size, ev.rep_dim),
                 ev.model_copy(update={"bf16": bf16, "epochs": epochs, "ae_epochs": epochs}))
-         for name, bf16 in (("fp32", False), ("bf16", True))}, _threads(ev), cfg.seed)
+         for name, bf16 in (("fp32", False), ("bf16", True))}, worker_threads(ev), cfg.seed)
     for suffix, config in {"": ev, "_benchmark": benchmark}.items():  # the demo's theta_C, the benchmark's fit
         spec, bare_cfg = net_spec(config.net, channels, size, config.rep_dim), resolved(config, "cpu")
         took: dict[str, list[float]] = {"bare": [], "ray": [], "local": []}
         for _ in range(rounds):
-            took["bare"].append(in_fresh_process(_bare_fit, data, spec, bare_cfg, _threads(config), cfg.seed))
+            took["bare"].append(in_fresh_process(_bare_fit, data, spec, bare_cfg, worker_threads(config), cfg.seed))
             # "ray": on Ray Train workers (at least one); "local": Ray Train's local mode, in this process
             for mode, workers in (("ray", max(1, config.num_workers)), ("local", 0)):
                 det = DeepSAD(config.model_copy(update={"num_workers": workers}))

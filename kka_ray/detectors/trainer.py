@@ -58,8 +58,10 @@ def _worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from kka_ray.ddp import worker_threads
+
     cfg = config["cfg_cls"](**config["cfg"])
-    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
+    torch.set_num_threads(worker_threads(cfg.train))
     with fit_run(config):
         model, metrics = config["fit"](_writable(ray.get(config["data"])), cfg, config["seed"],
                                        prepare_model=ray.train.torch.prepare_model,

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from kka_ray.config import DeepSADConfig
-from kka_ray.ddp import Progress, all_reduce_sum, unwrap
+from kka_ray.ddp import Progress, all_reduce_sum, unwrap, worker_threads
 from kka_ray.detectors.deepsad import checkpoint as ckpt
 from kka_ray.detectors.deepsad.loss import deep_sad_loss, fix_center, squared_distance
 from kka_ray.detectors.deepsad.networks import AutoEncoder, Encoder, NetSpec
@@ -160,7 +160,7 @@ def _center(net: torch.nn.Module, loader: DataLoader, eps: float = 0.1) -> torch
 
 def train_loop_per_worker(config: dict) -> None:
     cfg = resolved(DeepSADConfig(**config["cfg"]), ray.train.torch.get_device().type)
-    torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
+    torch.set_num_threads(worker_threads(cfg))
     with fit_run(config):
         fitted = fit_deep_sad(ray.get(config["data"]), NetSpec(**config["spec"]), cfg, config["seed"],
                               _pretrained_encoder(config.get("pretrained")),
